@@ -1,0 +1,90 @@
+# refund-sorter: `make demo` runs the whole path on embedded defaults, `make test` the tests.
+# Every setting below can be overridden on the command line: make train EPOCHS=20
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATASETS ?= ../shared/datasets
+TRAIN_DATA ?= $(DATASETS)/fashion-product-images-small
+SAMPLE ?= $(DATASETS)/returns-photos-sample
+STORE ?= var/store
+DATABASE_URL ?= sqlite:///var/results.db
+# Quick training for the demo: minutes on 2 CPU cores. Drop MAX_PER_CLASS for a full run.
+EPOCHS ?= 4
+MAX_PER_CLASS ?= 150
+TRAIN_ARGS ?=
+
+MODEL_DIR := var/model
+MAR := var/model-store/refund-classifier.mar
+BATCH_ENV := REFUND_STORE=$(STORE) REFUND_DATABASE_URL=$(DATABASE_URL)
+
+.PHONY: help venv java data train archive serve stop inbox nightly report demo test lint clean
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+venv: $(VENV)/.installed java  ## create .venv with pinned dependencies (and Java 17 where missing)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+java:  ## install openjdk-17-jre-headless with apt, only where java is missing
+	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+
+data: var/data/manifest.csv  ## filter classes, skip bad images, write the stratified split
+
+var/data/manifest.csv: | $(VENV)/.installed
+	$(PY) -m training.prepare --data $(TRAIN_DATA) --out var/data
+
+train: $(MODEL_DIR)/model.pt  ## train the ResNet if no model exists (quick settings: EPOCHS, MAX_PER_CLASS)
+
+$(MODEL_DIR)/model.pt: | var/data/manifest.csv
+	$(PY) -m training.train --prepared var/data --out $(MODEL_DIR) --epochs $(EPOCHS) \
+		$(if $(MAX_PER_CLASS),--max-per-class $(MAX_PER_CLASS)) $(TRAIN_ARGS)
+
+archive: $(MAR)  ## package weights, labels and handler as refund-classifier.mar
+
+$(MAR): $(MODEL_DIR)/model.pt handlers/refund_classifier.py handlers/presets.py handlers/network.py handlers/model-config.yaml
+	$(PY) -m training.archive --model $(MODEL_DIR) --export-path $(dir $(MAR))
+
+serve: $(MAR) java  ## start TorchServe on 127.0.0.1:8080 (management 8081, metrics 8082)
+	$(PY) -m handlers.serve start --model-store $(dir $(MAR)) --run-dir var/serve
+
+stop:  ## stop TorchServe
+	$(PY) -m handlers.serve stop --run-dir var/serve
+
+inbox:  ## copy the 200 returned-item photos into the store's inbox
+	mkdir -p $(STORE)/inbox
+	cp -p $(SAMPLE)/images/*.jpg $(STORE)/inbox/
+
+nightly:  ## run the nightly batch job once over the inbox
+	$(BATCH_ENV) $(PY) -m batch_job run
+
+report:  ## per-category summary and accuracy against the sample's labels
+	$(BATCH_ENV) $(PY) -m batch_job report --labels $(SAMPLE)/styles.csv --classes $(MODEL_DIR)/index_to_name.json
+
+DEMO_STEPS := venv data train archive serve inbox nightly report stop
+demo:  ## set up and run everything end to end, printing each step's time
+	@timings=""; trap '$(MAKE) --no-print-directory stop >/dev/null 2>&1 || true' EXIT; \
+	for step in $(DEMO_STEPS); do \
+		printf '\n=== %s\n' "$$step"; started=$$(date +%s); \
+		$(MAKE) --no-print-directory $$step || exit 1; \
+		timings="$$timings$$(printf '%-8s %5ss' $$step $$(( $$(date +%s) - started )))\n"; \
+	done; \
+	printf '\n=== step times\n%b' "$$timings"
+
+test: venv  ## unit and integration tests (real TorchServe over HTTP), then lint
+	$(PY) -m pytest
+	$(MAKE) --no-print-directory lint
+
+lint:  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:  ## remove generated data, models, stores and logs (keeps .venv)
+	-$(MAKE) --no-print-directory stop 2>/dev/null
+	rm -rf var

@@ -1,0 +1,60 @@
+"""Human-readable summaries of the results store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+from batch_job.ledger import FAILED, NEEDS_REVIEW, OK, PENDING, Result
+
+
+def category_summary(rows: list[Result]) -> str:
+    """A table of items per category with how many were sure enough to route automatically."""
+    classified = [row for row in rows if row.status in (OK, NEEDS_REVIEW)]
+    per_category = Counter(row.category for row in classified)
+    auto = Counter(row.category for row in classified if row.status == OK)
+    lines = [f"{'category':<28}{'items':>7}{'auto-sorted':>13}{'to review':>11}"]
+    for category, count in per_category.most_common():
+        lines.append(f"{category:<28}{count:>7}{auto[category]:>13}{count - auto[category]:>11}")
+    statuses = Counter(row.status for row in rows)
+    lines.append(
+        f"{'total':<28}{len(classified):>7}{statuses[OK]:>13}{statuses[NEEDS_REVIEW]:>11}"
+        f"   failed: {statuses[FAILED]}   pending: {statuses[PENDING]}"
+    )
+    lines += [f"  failed {row.object_key}: {row.error}" for row in rows if row.status == FAILED]
+    return "\n".join(lines)
+
+
+def read_labels(styles_csv: Path, label_column: str) -> dict[str, str]:
+    with styles_csv.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        id_at, label_at = header.index("id"), header.index(label_column)
+        return {fields[id_at]: fields[label_at] for fields in reader if len(fields) > max(id_at, label_at)}
+
+
+def accuracy_report(rows: list[Result], labels: dict[str, str], classes: set[str] | None) -> dict:
+    """Accuracy of classified items whose product id (the file name) has a label.
+
+    Labels the model was never trained on cannot be right; they are counted apart.
+    """
+    judged = [(row, labels.get(PurePosixPath(row.object_key).stem)) for row in rows if row.status in (OK, NEEDS_REVIEW)]
+    judged = [(row, label) for row, label in judged if label is not None]
+    known = [(row, label) for row, label in judged if classes is None or label in classes]
+    correct = sum(row.category == label for row, label in known)
+    auto = [(row, label) for row, label in known if row.status == OK]
+    return {
+        "labelled": len(judged),
+        "outside_taxonomy": len(judged) - len(known),
+        "in_taxonomy": len(known),
+        "accuracy": correct / len(known) if known else None,
+        "accuracy_all_labelled": correct / len(judged) if judged else None,
+        "auto_sorted": len(auto),
+        "auto_sorted_precision": sum(row.category == label for row, label in auto) / len(auto) if auto else None,
+    }
+
+
+def load_classes(index_to_name: Path) -> set[str]:
+    return set(json.loads(index_to_name.read_text()).values())

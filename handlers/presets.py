@@ -1,0 +1,153 @@
+"""Image preprocessing, defined once for training, evaluation and serving.
+
+The TorchServe handler and the training evaluation both call `ClassificationPresetEval`,
+so the served model sees exactly what it was measured on (no train/serve skew). The
+module is bundled into the .mar next to the handler.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms import v2
+
+# Catalogue photos are shot on white: padding with white keeps big photos looking like them.
+BACKGROUND = (255, 255, 255)
+# Far above any camera photo (a 1600 px photo has 2 Mpx); stops decompression bombs.
+MAX_PIXELS = 40_000_000
+
+
+class InvalidImageError(ValueError):
+    """The bytes are not a usable image. `status` is the HTTP code to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PresetConfig:
+    """What the model expects as input; saved with the weights and shipped in the .mar."""
+
+    height: int = 80
+    width: int = 60
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PresetConfig:
+        return cls(
+            height=int(values["height"]),
+            width=int(values["width"]),
+            mean=tuple(values["mean"]),
+            std=tuple(values["std"]),
+        )
+
+    @classmethod
+    def load(cls, path: Path | str) -> PresetConfig:
+        return cls.from_dict(json.loads(Path(path).read_text())["preset"])
+
+
+def decode_image(data: bytes, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode image bytes to an upright RGB image, or raise InvalidImageError.
+
+    `min_size` (width, height) lets the JPEG decoder downscale in the DCT domain
+    (`draft`) while keeping at least twice the pixels the model needs, so a 1600 px
+    photo costs a fraction of a full decode and the resized result is unchanged.
+    """
+    if not data:
+        raise InvalidImageError("empty request body: no image bytes")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise InvalidImageError(
+                f"image has {width}x{height} pixels, more than the {MAX_PIXELS} allowed",
+                status=413,
+            )
+        if min_size is not None and image.format == "JPEG":
+            side = 2 * max(min_size)  # square: EXIF rotation may swap the axes
+            image.draft("RGB", (side, side))
+        image = ImageOps.exif_transpose(image)
+        image.load()
+        return _to_rgb(image)
+    except InvalidImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError("not an image: the bytes match no known image format", status=415) from exc
+    except Exception as exc:  # PIL raises many types for bad bytes; all mean "not an image"
+        raise InvalidImageError(f"cannot decode image: {exc}", status=415) from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparency becomes the white background."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels / peak * 255.0, 0, 255).astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        canvas = Image.new("RGB", image.size, BACKGROUND)
+        canvas.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return canvas
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def fit_to_input(image: Image.Image, config: PresetConfig) -> Image.Image:
+    """Pad to the model's aspect ratio with background and resize with antialiasing."""
+    return ImageOps.pad(image, (config.width, config.height), method=Image.Resampling.BILINEAR, color=BACKGROUND)
+
+
+def to_tensor(image: Image.Image, config: PresetConfig) -> torch.Tensor:
+    """RGB PIL image -> normalised float CHW tensor."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    mean = torch.tensor(config.mean).view(3, 1, 1)
+    std = torch.tensor(config.std).view(3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+class ClassificationPresetEval:
+    """Bytes -> model input. Used by evaluation and by the TorchServe handler."""
+
+    def __init__(self, config: PresetConfig) -> None:
+        self.config = config
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        image = decode_image(data, min_size=(self.config.width, self.config.height))
+        return to_tensor(fit_to_input(image, self.config), self.config)
+
+
+class ClassificationPresetTrain:
+    """The eval preset plus augmentations that suit product photos on a plain background."""
+
+    def __init__(
+        self,
+        config: PresetConfig,
+        crop_scale: tuple[float, float] = (0.7, 1.0),
+        hflip_prob: float = 0.5,
+        jitter: float = 0.2,
+    ) -> None:
+        self.config = config
+        size = (config.height, config.width)
+        ratio = config.width / config.height
+        self.augment = v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=crop_scale, ratio=(ratio * 0.85, ratio / 0.85)),
+                v2.RandomHorizontalFlip(hflip_prob),
+                v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
+            ]
+        )
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        image = fit_to_input(decode_image(data), self.config)
+        return to_tensor(self.augment(image), self.config)

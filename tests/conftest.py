@@ -1,0 +1,102 @@
+"""Fixtures: a generated Kaggle-layout dataset, a tiny trained model, its .mar and a real TorchServe."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from handlers import serve
+from tests.images import SHAPES, encode, product_image
+from training import archive, prepare, train
+
+PER_CLASS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def kaggle_dataset(tmp_path_factory) -> Path:
+    """styles.csv + images/ as Kaggle ships them, with the flaws real data has."""
+    root = tmp_path_factory.mktemp("kaggle")
+    images = root / "images"
+    images.mkdir()
+    lines = ["id,masterCategory,subCategory,articleType,baseColour,usage,productDisplayName"]
+    image_id = 1000
+    for category in SHAPES:
+        for seed in range(PER_CLASS):
+            image_id += 1
+            (images / f"{image_id}.jpg").write_bytes(encode(product_image(category, seed)))
+            lines.append(f"{image_id},Apparel,Shapes,{category},Red,Casual,A {category.lower()}, with a comma")
+    lines.append("2001,Apparel,Shapes,Rare,Red,Casual,Too few of these")  # class below the minimum
+    (images / "2001.jpg").write_bytes(encode(product_image("Discs", 99)))
+    lines.append("2002,Apparel,Shapes,Discs,Red,Casual,Listed but no image")  # missing file
+    lines.append("2003,Apparel,Shapes,Discs,Red,Casual,Corrupt file")
+    (images / "2003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    lines.append("2004")  # malformed row
+    (root / "styles.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(kaggle_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    prepare.prepare(kaggle_dataset, out, "articleType", min_images=10, val=0.2, test=0.2, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(prepared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    train.main(
+        [
+            "--prepared",
+            str(prepared),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+            "--lr",
+            "3e-3",
+        ]
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_store(trained_model, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("model-store")
+    archive.archive(
+        trained_model,
+        store,
+        "refund-classifier",
+        archive.HANDLERS / "model-config.yaml",
+        tmp_path_factory.mktemp("mar-build"),
+    )
+    return store
+
+
+@pytest.fixture(scope="session")
+def torchserve(model_store, tmp_path_factory) -> serve.Ports:
+    """A real TorchServe on free ports, serving the tiny model's .mar."""
+    run_dir = tmp_path_factory.mktemp("torchserve")
+    ports = serve.Ports(free_port(), free_port(), free_port())
+    serve.start(model_store, run_dir, ports)
+    yield ports
+    serve.stop(run_dir)
+
+
+@pytest.fixture(scope="session")
+def classes(trained_model) -> list[str]:
+    mapping = json.loads((trained_model / "index_to_name.json").read_text())
+    return [mapping[str(i)] for i in range(len(mapping))]

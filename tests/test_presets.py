@@ -1,0 +1,113 @@
+"""The shared preprocessing: every kind of image becomes an upright RGB model input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from handlers.presets import (
+    MAX_PIXELS,
+    ClassificationPresetEval,
+    ClassificationPresetTrain,
+    InvalidImageError,
+    PresetConfig,
+    decode_image,
+    fit_to_input,
+    to_tensor,
+)
+from tests.images import encode, product_image
+
+CONFIG = PresetConfig()
+
+
+def test_eval_preset_gives_normalised_chw_tensor():
+    tensor = ClassificationPresetEval(CONFIG)(encode(product_image("Discs", 1)))
+    assert tensor.shape == (3, CONFIG.height, CONFIG.width)
+    assert tensor.dtype == torch.float32
+    white = (1.0 - torch.tensor(CONFIG.mean)) / torch.tensor(CONFIG.std)
+    assert torch.allclose(tensor[:, 0, 0], white, atol=0.05)  # the corner is background
+
+
+def test_train_preset_matches_eval_shape_and_varies():
+    data = encode(product_image("Boxes", 2))
+    preset = ClassificationPresetTrain(CONFIG)
+    torch.manual_seed(0)
+    first, second = preset(data), preset(data)
+    assert first.shape == (3, CONFIG.height, CONFIG.width)
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("CMYK", "JPEG"), ("RGB", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF")],
+)
+def test_any_mode_and_format_becomes_rgb(mode, fmt):
+    image = decode_image(encode(product_image("Wedges", 3).convert(mode), fmt))
+    assert image.mode == "RGB"
+    assert image.size == (60, 80)
+
+
+def test_transparent_pixels_become_white_background():
+    image = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    assert decode_image(encode(image, "PNG")).getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_sixteen_bit_png_keeps_its_contrast():
+    ramp = (np.linspace(0, 65535, 60 * 80).reshape(80, 60)).astype(np.uint16)
+    image = decode_image(encode(Image.fromarray(ramp), "PNG"))
+    pixels = np.asarray(image)
+    assert pixels.min() == 0 and pixels.max() == 255
+
+
+def test_exif_rotated_photo_is_turned_upright():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # camera held sideways: rotate 90 degrees clockwise to view
+    data = encode(product_image("Boxes", 4), "JPEG", exif=exif)
+    assert decode_image(data).size == (80, 60)
+
+
+def test_large_jpeg_draft_decoding_sees_the_same_picture():
+    photo = product_image("Discs", 5, size=(1200, 1600))
+    data = encode(photo, "JPEG", quality=95)
+    fast = to_tensor(fit_to_input(decode_image(data, min_size=(60, 80)), CONFIG), CONFIG)
+    full = to_tensor(fit_to_input(decode_image(data), CONFIG), CONFIG)
+    assert (fast - full).abs().mean() < 0.02
+
+
+def test_wide_image_is_padded_not_squashed():
+    wide = Image.new("RGB", (300, 100), (0, 0, 0))
+    fitted = fit_to_input(wide, CONFIG)
+    assert fitted.size == (CONFIG.width, CONFIG.height)
+    assert fitted.getpixel((30, 0)) == (255, 255, 255)  # padding above
+    assert fitted.getpixel((30, 40)) == (0, 0, 0)  # the picture in the middle
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 400, "empty"),
+        (b"hello, I am text", 415, "not an image"),
+        (encode(product_image("Discs", 6))[:300], 415, "cannot decode"),
+    ],
+)
+def test_bad_bytes_raise_the_projects_error(data, status, words):
+    with pytest.raises(InvalidImageError, match=words) as raised:
+        decode_image(data)
+    assert raised.value.status == status
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    side = int(MAX_PIXELS**0.5) + 100
+    bomb = encode(Image.new("1", (side, side)), "PNG")
+    assert len(bomb) < 1_000_000
+    with pytest.raises(InvalidImageError, match="more than") as raised:
+        decode_image(bomb)
+    assert raised.value.status == 413
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [Image.new("RGB", (60, 80), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(data).getpixel((30, 40))[0] > 200

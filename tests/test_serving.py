@@ -1,0 +1,99 @@
+"""The .mar served by a real TorchServe, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+from handlers.network import build_model
+from handlers.presets import ClassificationPresetEval, PresetConfig
+from tests.images import encode, product_image
+
+pytestmark = pytest.mark.integration
+
+
+def predict(ports, data: bytes, content_type: str = "application/octet-stream") -> httpx.Response:
+    return httpx.post(
+        f"{ports.inference_url}/predictions/refund-classifier",
+        content=data,
+        headers={"Content-Type": content_type},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(("fmt", "content_type"), [("JPEG", "image/jpeg"), ("PNG", "image/png")])
+def test_image_bytes_in_probabilities_out(torchserve, classes, trained_model, fmt, content_type):
+    answer = predict(torchserve, encode(product_image("Discs", 101), fmt), content_type)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["category"] in classes
+    assert list(body["probabilities"]) == sorted(body["probabilities"], key=body["probabilities"].get, reverse=True)
+    assert set(body["probabilities"]) == set(classes)
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-4
+    assert body["probability"] == body["probabilities"][body["category"]]
+    assert [entry["category"] for entry in body["top_k"]] == list(body["probabilities"])[:3]
+    version = json.loads((trained_model / "model.json").read_text())["version"]
+    assert body["model"] == {"name": "refund-classifier", "version": version}
+
+
+def test_served_probabilities_equal_in_process_evaluation(torchserve, trained_model, classes):
+    """No train/serve skew: TorchServe answers what the evaluation code computes."""
+    meta = json.loads((trained_model / "model.json").read_text())
+    model = build_model(meta["arch"], len(classes))
+    model.load_state_dict(torch.load(trained_model / "model.pt", weights_only=True))
+    model.eval()
+    preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
+    photo = encode(product_image("Wedges", 102, size=(600, 800)), "JPEG")
+    with torch.inference_mode():
+        expected = torch.softmax(model(preset(photo)[None]) / meta["temperature"], dim=1)[0]
+    served = predict(torchserve, photo, "image/jpeg").json()["probabilities"]
+    for index, name in enumerate(classes):
+        assert abs(served[name] - expected[index].item()) < 1e-4
+
+
+def test_multipart_upload_is_accepted(torchserve, classes):
+    answer = httpx.post(
+        f"{torchserve.inference_url}/predictions/refund-classifier",
+        files={"data": ("photo.jpg", encode(product_image("Boxes", 103)), "image/jpeg")},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["category"] in classes
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [(b"", 400), (b"this is not an image", 415), (encode(product_image("Discs", 104))[:400], 415)],
+)
+def test_bad_input_gets_a_clear_4xx_and_the_worker_survives(torchserve, data, status):
+    answer = predict(torchserve, data)
+    assert answer.status_code == status
+    assert answer.json()["error"]
+    assert predict(torchserve, encode(product_image("Discs", 105))).status_code == 200
+
+
+def test_a_bad_image_in_a_batch_fails_alone(torchserve):
+    good = encode(product_image("Boxes", 106))
+    payloads = [good if i % 3 else b"garbage bytes" for i in range(30)]
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        answers = list(pool.map(lambda data: predict(torchserve, data), payloads))
+    assert [answer.status_code for answer in answers] == [200 if i % 3 else 415 for i in range(30)]
+    assert len({answer.json()["category"] for answer in answers if answer.status_code == 200}) == 1
+
+
+def test_metrics_are_exported_for_prometheus(torchserve):
+    predict(torchserve, encode(product_image("Discs", 107)))
+    metrics = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert "ts_inference_requests_total" in metrics.text
+
+
+def test_management_api_cannot_register_models(torchserve):
+    answer = httpx.post(
+        f"{torchserve.management_url}/models", params={"url": "http://example.invalid/x.mar"}, timeout=10
+    )
+    assert answer.status_code == 405

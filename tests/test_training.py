@@ -1,0 +1,103 @@
+"""Dataset preparation, splitting, metrics and the artefacts training leaves behind."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+from collections import Counter
+
+import numpy as np
+import torch
+
+from training.catalog import ImageSource, read_styles
+from training.metrics import classification_report
+from training.prepare import prepare, stratified_split
+from training.train import expected_calibration_error, fit_temperature
+
+
+def test_styles_with_unquoted_commas_are_read_by_position(kaggle_dataset):
+    rows, malformed = read_styles(kaggle_dataset / "styles.csv", "articleType")
+    assert malformed == 1
+    assert {row.label for row in rows} == {"Discs", "Boxes", "Wedges", "Rare"}
+
+
+def test_images_are_read_from_a_zip_as_from_a_folder(kaggle_dataset, tmp_path):
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        for path in (kaggle_dataset / "images").iterdir():
+            archive.write(path, f"images/{path.name}")
+    from_zip, from_folder = ImageSource(tmp_path), ImageSource(kaggle_dataset)
+    assert from_zip.read("1001") == from_folder.read("1001")
+    assert from_zip.read("2002") is None
+
+
+def test_prepare_reports_what_it_leaves_out(prepared):
+    summary = json.loads((prepared / "dataset.json").read_text())
+    assert summary["classes"] == ["Boxes", "Discs", "Wedges"]
+    assert summary["dropped_classes"] == {"Rare": 1}
+    assert summary["missing_images"] == ["2002"]
+    assert list(summary["corrupt_images"]) == ["2003"]
+    with (prepared / "manifest.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    per_split = Counter((row["label"], row["split"]) for row in rows)
+    for label in summary["classes"]:  # stratified: each class split 60/20/20
+        assert (per_split[(label, "train")], per_split[(label, "val")], per_split[(label, "test")]) == (18, 6, 6)
+
+
+def test_split_is_deterministic_and_independent_of_order(kaggle_dataset, tmp_path):
+    ids = {"A": [str(i) for i in range(50)], "B": [str(i) for i in range(50, 80)]}
+    shuffled = {label: list(reversed(values)) for label, values in ids.items()}
+    assert stratified_split(ids, 0.1, 0.1, seed=7) == stratified_split(shuffled, 0.1, 0.1, seed=7)
+    assert stratified_split(ids, 0.1, 0.1, seed=7) != stratified_split(ids, 0.1, 0.1, seed=8)
+    first = prepare(kaggle_dataset, tmp_path / "a", "articleType", 10, 0.2, 0.2, 0)
+    second = prepare(kaggle_dataset, tmp_path / "b", "articleType", 10, 0.2, 0.2, 0)
+    assert first["splits"] == second["splits"]
+    assert (tmp_path / "a" / "manifest.csv").read_text() == (tmp_path / "b" / "manifest.csv").read_text()
+
+
+def test_classification_report_on_known_predictions():
+    targets = np.array([0, 0, 0, 1, 1, 2])
+    predictions = np.array([0, 0, 1, 1, 1, 0])
+    report = classification_report(targets, predictions, ["a", "b", "c"])
+    assert report["accuracy"] == 4 / 6
+    assert report["per_class"]["a"]["precision"] == 2 / 3
+    assert report["per_class"]["a"]["recall"] == 2 / 3
+    assert report["per_class"]["b"]["precision"] == 2 / 3
+    assert report["per_class"]["c"]["f1"] == 0.0
+    assert abs(report["macro_f1"] - (2 / 3 + 0.8 + 0) / 3) < 1e-9
+    assert report["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_temperature_scaling_repairs_overconfidence():
+    torch.manual_seed(0)
+    targets = torch.randint(0, 5, (2000,))
+    logits = torch.randn(2000, 5)
+    logits[torch.arange(2000), targets] += 1.0  # right about half the time...
+    logits *= 6  # ...but sure of itself
+    temperature = fit_temperature(logits, targets)
+    assert temperature > 2
+    before = expected_calibration_error(logits.softmax(1), targets)
+    after = expected_calibration_error((logits / temperature).softmax(1), targets)
+    assert after < before / 3
+
+
+def test_training_saves_weights_labels_metrics_and_plots(trained_model):
+    for name in (
+        "model.pt",
+        "index_to_name.json",
+        "model.json",
+        "metrics.json",
+        "history.json",
+        "args.json",
+        "confusion_matrix.png",
+        "training_curve.png",
+    ):
+        assert (trained_model / name).stat().st_size > 0, name
+    metrics = json.loads((trained_model / "metrics.json").read_text())
+    assert metrics["samples"] == 18
+    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1
+    assert set(metrics["per_class"]) == {"Boxes", "Discs", "Wedges"}
+    assert metrics["calibration"]["temperature"] > 0
+    meta = json.loads((trained_model / "model.json").read_text())
+    assert meta["arch"] == "resnet18" and meta["preset"]["height"] == 80
+    assert len(json.loads((trained_model / "history.json").read_text())) == 3

@@ -1,0 +1,118 @@
+"""Prepare the dataset: filter classes, drop missing/corrupt images, split deterministically.
+
+Writes `<out>/manifest.csv` (id, label, split) and `<out>/dataset.json` (the source,
+classes, what was left out and why, split sizes). Training reads only these two files.
+
+    python -m training.prepare --data ../shared/datasets/fashion-product-images-small --out var/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from handlers.presets import InvalidImageError, decode_image
+from training.catalog import ImageSource, read_styles
+
+SPLITS = ("train", "val", "test")
+
+
+def split_key(image_id: str, seed: int) -> str:
+    """A stable pseudo-random order that does not depend on the CSV's row order."""
+    return hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()
+
+
+def stratified_split(ids_by_label: dict[str, list[str]], val: float, test: float, seed: int) -> dict[str, str]:
+    """id -> split, with each class divided in the same proportions."""
+    assignment = {}
+    for ids in ids_by_label.values():
+        ordered = sorted(ids, key=lambda image_id: split_key(image_id, seed))
+        n_test, n_val = round(len(ordered) * test), round(len(ordered) * val)
+        for position, image_id in enumerate(ordered):
+            split = "test" if position < n_test else "val" if position < n_test + n_val else "train"
+            assignment[image_id] = split
+    return assignment
+
+
+def prepare(data: Path, out: Path, label_column: str, min_images: int, val: float, test: float, seed: int) -> dict:
+    rows, malformed = read_styles(data / "styles.csv", label_column)
+    source = ImageSource(data)
+    missing, corrupt, ids_by_label = [], {}, defaultdict(list)
+    for row in rows:
+        raw = source.read(row.image_id)
+        if raw is None:
+            missing.append(row.image_id)
+            continue
+        try:
+            decode_image(raw)
+        except InvalidImageError as exc:
+            corrupt[row.image_id] = str(exc)
+            continue
+        ids_by_label[row.label].append(row.image_id)
+
+    counts = Counter({label: len(ids) for label, ids in ids_by_label.items()})
+    kept = {label: ids for label, ids in ids_by_label.items() if len(ids) >= min_images}
+    dropped = {label: n for label, n in sorted(counts.items()) if n < min_images}
+    assignment = stratified_split(kept, val, test, seed)
+
+    out.mkdir(parents=True, exist_ok=True)
+    labels = {image_id: label for label, ids in kept.items() for image_id in ids}
+    with (out / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "label", "split"])
+        for image_id in sorted(assignment, key=lambda i: (labels[i], i)):
+            writer.writerow([image_id, labels[image_id], assignment[image_id]])
+    summary = {
+        "data_root": str(data.resolve()),
+        "label_column": label_column,
+        "min_images": min_images,
+        "seed": seed,
+        "classes": sorted(kept),
+        "class_counts": {label: counts[label] for label in sorted(kept)},
+        "dropped_classes": dropped,
+        "malformed_rows": malformed,
+        "missing_images": missing,
+        "corrupt_images": corrupt,
+        "splits": dict(Counter(assignment.values())),
+    }
+    (out / "dataset.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder with styles.csv and images/ or images.zip")
+    parser.add_argument(
+        "--out", type=Path, default=Path("var/data"), help="where manifest.csv goes (default: var/data)"
+    )
+    parser.add_argument(
+        "--label-column", default="articleType", help="styles.csv column to classify (default: articleType)"
+    )
+    parser.add_argument(
+        "--min-images", type=int, default=100, help="leave out classes with fewer images (default: 100)"
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of each class for validation (default: 0.1)"
+    )
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of each class for test (default: 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
+    args = parser.parse_args(argv)
+    summary = prepare(
+        args.data, args.out, args.label_column, args.min_images, args.val_fraction, args.test_fraction, args.seed
+    )
+    print(f"{len(summary['classes'])} classes kept, splits {summary['splits']}")
+    if summary["dropped_classes"]:
+        listed = ", ".join(f"{label} ({n})" for label, n in summary["dropped_classes"].items())
+        print(f"left out {len(summary['dropped_classes'])} classes with < {args.min_images} images: {listed}")
+    print(
+        f"skipped: {len(summary['missing_images'])} missing, {len(summary['corrupt_images'])} corrupt images, "
+        f"{summary['malformed_rows']} malformed rows; details in {args.out / 'dataset.json'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Train a ResNet classifier on the prepared split and save what the .mar needs.
+
+    python -m training.train --prepared var/data --out var/model --epochs 3 --max-per-class 100
+
+Writes to --out: model.pt (weights), index_to_name.json, model.json (architecture,
+preprocessing, calibration temperature, version), metrics.json (test split),
+history.json, args.json, confusion_matrix.png and training_curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import random
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from handlers.network import ARCHITECTURES, build_model
+from handlers.presets import ClassificationPresetEval, ClassificationPresetTrain, PresetConfig
+from training.catalog import ImageSource
+from training.metrics import classification_report, plot_confusion_matrix, plot_training_curve
+
+
+class EncodedImages(Dataset):
+    """(JPEG bytes, class index) pairs held in memory; decoded by the preset per access."""
+
+    def __init__(self, items: list[tuple[bytes, int]], transform) -> None:
+        self.items = items
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        data, target = self.items[index]
+        return self.transform(data), target
+
+
+def load_split(
+    prepared: Path, split: str, classes: list[str], source: ImageSource, max_per_class: int | None
+) -> list[tuple[bytes, int]]:
+    """The split's images as bytes; at most `max_per_class` per class (manifest order is stable)."""
+    index_of = {name: i for i, name in enumerate(classes)}
+    taken: dict[str, int] = defaultdict(int)
+    items = []
+    with (prepared / "manifest.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["split"] != split or (max_per_class and taken[row["label"]] >= max_per_class):
+                continue
+            data = source.read(row["id"])
+            if data is not None:  # prepare already verified it; a file removed since is skipped
+                taken[row["label"]] += 1
+                items.append((data, index_of[row["label"]]))
+    return items
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, criterion, description: str) -> float:
+    model.train()
+    total, count = 0.0, 0
+    progress = tqdm(loader, desc=description, unit="batch", leave=False, disable=None)  # None: only on a terminal
+    for images, targets in progress:
+        images = images.contiguous(memory_format=torch.channels_last)
+        loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(targets)
+        count += len(targets)
+        progress.set_postfix(loss=f"{total / count:.3f}")
+    return total / max(1, count)
+
+
+@torch.inference_mode()
+def predict_logits(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    logits, targets = [], []
+    for images, batch_targets in loader:
+        logits.append(model(images.contiguous(memory_format=torch.channels_last)))
+        targets.append(batch_targets)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017): one scalar that makes softmax probabilities honest."""
+    logits, targets = logits.clone(), targets.clone()  # leave inference mode for autograd
+    log_temperature = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=100)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_temperature.exp(), targets)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_temperature.detach().exp())
+
+
+def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tensor, bins: int = 15) -> float:
+    confidence, predicted = probabilities.max(dim=1)
+    correct = (predicted == targets).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    error = 0.0
+    for low, high in itertools.pairwise(edges):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            error += in_bin.float().mean().item() * abs(
+                confidence[in_bin].mean().item() - correct[in_bin].mean().item()
+            )
+    return error
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--prepared", type=Path, default=Path("var/data"), help="output of training.prepare (default: var/data)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("var/model"), help="where the model goes (default: var/model)")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet18", help="ResNet depth (default: resnet18)")
+    parser.add_argument(
+        "--weights", type=Path, help="start from these weights (a state dict); the head is re-initialised"
+    )
+    parser.add_argument("--epochs", type=int, default=10, help="passes over the training split (default: 10)")
+    parser.add_argument("--max-per-class", type=int, help="cap training images per class, for a quick run")
+    parser.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
+    parser.add_argument(
+        "--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (default: 2e-3)"
+    )
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
+    parser.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
+    parser.add_argument(
+        "--height", type=int, default=80, help="model input height in pixels (default: 80, the catalogue's)"
+    )
+    parser.add_argument("--width", type=int, default=60, help="model input width in pixels (default: 60)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="data-loading processes (default: 1; the model needs the cores)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: 0 = all cores)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    generator = seed_everything(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset_info = json.loads((args.prepared / "dataset.json").read_text())
+    classes = dataset_info["classes"]
+    source = ImageSource(Path(dataset_info["data_root"]))
+    preset = PresetConfig(height=args.height, width=args.width)
+
+    train_items = load_split(args.prepared, "train", classes, source, args.max_per_class)
+    val_items = load_split(args.prepared, "val", classes, source, None)
+    test_items = load_split(args.prepared, "test", classes, source, None)
+    print(f"{len(classes)} classes; train {len(train_items)}, val {len(val_items)}, test {len(test_items)} images")
+
+    loader_options = {
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "persistent_workers": args.workers > 0,
+    }
+    train_loader = DataLoader(
+        EncodedImages(train_items, ClassificationPresetTrain(preset)),
+        shuffle=True,
+        drop_last=len(train_items) > args.batch_size,
+        generator=generator,
+        **loader_options,
+    )
+    val_loader = DataLoader(EncodedImages(val_items, ClassificationPresetEval(preset)), **loader_options)
+    test_loader = DataLoader(EncodedImages(test_items, ClassificationPresetEval(preset)), **loader_options)
+
+    model = build_model(args.arch, len(classes))
+    if args.weights:
+        state = {
+            k: v
+            for k, v in torch.load(args.weights, map_location="cpu", weights_only=True).items()
+            if not k.startswith("fc.")
+        }
+        model.load_state_dict(state, strict=False)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=args.epochs * len(train_loader)
+    )
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    history, best_f1, started = [], -1.0, time.monotonic()
+    for epoch in range(1, args.epochs + 1):
+        epoch_start = time.monotonic()
+        train_loss = train_one_epoch(
+            model, train_loader, optimizer, scheduler, criterion, f"epoch {epoch}/{args.epochs}"
+        )
+        logits, targets = predict_logits(model, val_loader)
+        val = classification_report(targets.numpy(), logits.argmax(1).numpy(), classes)
+        seconds = time.monotonic() - epoch_start
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+                "seconds": seconds,
+            }
+        )
+        print(
+            f"epoch {epoch}/{args.epochs}: loss {train_loss:.3f}, val accuracy {val['accuracy']:.3f}, "
+            f"val macro-F1 {val['macro_f1']:.3f}, {seconds:.0f}s"
+        )
+        if val["macro_f1"] > best_f1:
+            best_f1 = val["macro_f1"]
+            torch.save(model.state_dict(), args.out / "model.pt")
+
+    model.load_state_dict(torch.load(args.out / "model.pt", weights_only=True))
+    val_logits, val_targets = predict_logits(model, val_loader)
+    temperature = fit_temperature(val_logits, val_targets)
+    test_logits, test_targets = predict_logits(model, test_loader)
+    metrics = classification_report(test_targets.numpy(), test_logits.argmax(1).numpy(), classes)
+    metrics["calibration"] = {
+        "temperature": temperature,
+        "test_ece_before": expected_calibration_error(test_logits.softmax(1), test_targets),
+        "test_ece_after": expected_calibration_error((test_logits / temperature).softmax(1), test_targets),
+    }
+    metrics["training_seconds"] = time.monotonic() - started
+
+    version = datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
+    (args.out / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(classes)}, indent=1))
+    (args.out / "model.json").write_text(
+        json.dumps(
+            {"arch": args.arch, "preset": preset.to_dict(), "temperature": temperature, "version": version}, indent=1
+        )
+    )
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (args.out / "history.json").write_text(json.dumps(history, indent=1))
+    (args.out / "args.json").write_text(
+        json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=1)
+    )
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, args.out / "confusion_matrix.png")
+    plot_training_curve(history, args.out / "training_curve.png")
+    print(
+        f"test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
+        f"ECE {metrics['calibration']['test_ece_before']:.3f} -> {metrics['calibration']['test_ece_after']:.3f} "
+        f"(temperature {temperature:.2f}); model {version} in {args.out} after {metrics['training_seconds']:.0f}s"
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
