@@ -7,12 +7,17 @@ answered with a 4xx for that request alone and its neighbours are still classifi
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
+from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.network import build_model
@@ -21,6 +26,9 @@ from handlers.presets import ClassificationPresetEval, InvalidImageError, Preset
 logger = logging.getLogger(__name__)
 
 TOP_K = 3
+# Per request: where each of its images went (a row of the batch, or why it was refused),
+# and whether the request sent a list of images.
+Slots = tuple[list[int | InvalidImageError], bool]
 
 
 def usable_cpus() -> int:
@@ -46,12 +54,60 @@ def torch_threads(handler_config: dict, workers: int) -> int:
     return max(1, usable_cpus() // max(1, workers))
 
 
-def request_bytes(row: dict) -> bytes:
-    """The raw image bytes of one request: the body, or the first file of a form upload."""
-    for value in (row.get("data"), row.get("body"), *row.values()):
-        if isinstance(value, (bytes, bytearray)):
-            return bytes(value)
-    raise InvalidImageError("request carries no image bytes")
+def decode_base64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidImageError("expected a base64 string for the image")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImageError(f"invalid base64 image data: {exc}") from exc
+
+
+def instance_bytes(instance: object) -> bytes | InvalidImageError:
+    """One KServe v1 instance: {"data": b64}, {"b64": b64}, {"data": {"b64": b64}} or a bare b64 string."""
+    try:
+        if isinstance(instance, dict):
+            value = next((instance[key] for key in ("data", "b64", "image") if key in instance), None)
+            if isinstance(value, dict):
+                value = value.get("b64")
+            return decode_base64(value)
+        return decode_base64(instance)
+    except InvalidImageError as exc:
+        return exc
+
+
+def request_images(row: dict) -> tuple[list[bytes | InvalidImageError], bool]:
+    """The images one request carries, and whether it sent a list (KServe v1 `instances`).
+
+    Accepts raw image bytes, a multipart upload (any field), {"image": b64} and
+    {"instances": [{"data": b64}, ...]}. TorchServe has already parsed JSON bodies sent
+    as application/json; JSON sent as bytes is parsed here.
+    """
+    body = row.get("data") if row.get("data") is not None else row.get("body")
+    if body is None:
+        body = next((value for value in row.values() if isinstance(value, (bytes, bytearray))), None)
+    if isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
+        with contextlib.suppress(ValueError):
+            body = json.loads(body)
+    if isinstance(body, (bytes, bytearray)):
+        return [bytes(body)], False
+    if isinstance(body, dict) and "instances" in body:
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise InvalidImageError('"instances" must be a non-empty list of {"data": "<base64>"}')
+        return [instance_bytes(instance) for instance in instances], True
+    if isinstance(body, dict) and any(key in body for key in ("image", "data", "b64")):
+        return [instance_bytes(body)], False
+    if isinstance(body, str):
+        return [instance_bytes(body)], False
+    raise InvalidImageError(
+        'no image in the request: send image bytes, a form upload, {"image": "<base64>"} '
+        'or {"instances": [{"data": "<base64>"}]}'
+    )
+
+
+def error_body(error: InvalidImageError) -> dict:
+    return {"error": str(error), "code": error.status}
 
 
 class RefundClassifier(BaseHandler):
@@ -80,40 +136,61 @@ class RefundClassifier(BaseHandler):
         self.initialized = True
         logger.info("loaded %s with %d classes, %d torch threads", self.model_info, len(self.classes), threads)
 
-    def preprocess(self, data: list[dict]) -> tuple[torch.Tensor | None, list[InvalidImageError | None]]:
-        """Decode every request; a bad one is remembered by index instead of raising."""
-        tensors, errors = [], []
+    def preprocess(self, data: list[dict]) -> tuple[torch.Tensor | None, list[Slots]]:
+        """Decode every image; a bad one is remembered in its slot instead of raising."""
+        started = time.perf_counter()
+        tensors, requests = [], []
         for row in data:
             try:
-                tensors.append(self.preset(request_bytes(row)))
-                errors.append(None)
+                images, many = request_images(row)
             except InvalidImageError as exc:
-                errors.append(exc)
-        batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last) if tensors else None
-        return batch, errors
-
-    def postprocess(self, logits: torch.Tensor | None, errors: list[InvalidImageError | None]) -> list[dict]:
-        probabilities = iter(torch.softmax(logits / self.temperature, dim=1).tolist() if logits is not None else [])
-        responses = []
-        for index, error in enumerate(errors):
-            if error is not None:
-                self.context.set_response_status(error.status, str(error), index)
-                responses.append({"error": str(error), "code": error.status})
+                requests.append(([exc], False))
                 continue
-            ranked = sorted(zip(self.classes, next(probabilities), strict=True), key=lambda pair: pair[1], reverse=True)
-            responses.append(
-                {
-                    "category": ranked[0][0],
-                    "probability": ranked[0][1],
-                    "top_k": [{"category": name, "probability": p} for name, p in ranked[:TOP_K]],
-                    "probabilities": dict(ranked),
-                    "model": self.model_info,
-                }
-            )
+            slots: list[int | InvalidImageError] = []
+            for image in images:
+                try:
+                    if isinstance(image, InvalidImageError):
+                        raise image
+                    tensors.append(self.preset(image))
+                    slots.append(len(tensors) - 1)
+                except InvalidImageError as exc:
+                    slots.append(exc)
+            requests.append((slots, many))
+        self.context.metrics.add_time(
+            "PreprocessTimePerImage", 1000 * (time.perf_counter() - started) / max(1, len(tensors))
+        )
+        batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last) if tensors else None
+        return batch, requests
+
+    def answer(self, probabilities: list[float]) -> dict:
+        ranked = sorted(zip(self.classes, probabilities, strict=True), key=lambda pair: pair[1], reverse=True)
+        self.context.metrics.add_counter("PredictionsPerCategory", 1, dimensions=[Dimension("Category", ranked[0][0])])
+        return {
+            "category": ranked[0][0],
+            "probability": ranked[0][1],
+            "top_k": [{"category": name, "probability": p} for name, p in ranked[:TOP_K]],
+            "probabilities": dict(ranked),
+            "model": self.model_info,
+        }
+
+    def postprocess(self, logits: torch.Tensor | None, requests: list[Slots]) -> list[dict]:
+        """One response per request: a prediction, {"predictions": [...]} for a list, or an error."""
+        rows = torch.softmax(logits / self.temperature, dim=1).tolist() if logits is not None else []
+        responses = []
+        for index, (slots, many) in enumerate(requests):
+            answers = [
+                error_body(slot) if isinstance(slot, InvalidImageError) else self.answer(rows[slot]) for slot in slots
+            ]
+            if many:
+                responses.append({"predictions": answers})
+                continue
+            if isinstance(slots[0], InvalidImageError):
+                self.context.set_response_status(slots[0].status, str(slots[0]), index)
+            responses.append(answers[0])
         return responses
 
     def handle(self, data: list[dict], context) -> list[dict]:
         self.context = context
-        batch, errors = self.preprocess(data)
+        batch, requests = self.preprocess(data)
         logits = self.inference(batch) if batch is not None else None
-        return self.postprocess(logits, errors)
+        return self.postprocess(logits, requests)

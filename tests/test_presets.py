@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from handlers.presets import (
@@ -111,3 +115,35 @@ def test_animated_gif_uses_the_first_frame():
     frames = [Image.new("RGB", (60, 80), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
     assert decode_image(data).getpixel((30, 40))[0] > 200
+
+
+VALID = [
+    encode(product_image("Discs", 7), "JPEG"),
+    encode(product_image("Boxes", 8), "PNG"),
+    encode(product_image("Wedges", 9), "GIF"),
+    encode(product_image("Discs", 10), "WEBP"),
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+def test_fuzz_random_bytes_raise_only_the_projects_error(data):
+    with contextlib.suppress(InvalidImageError):
+        ClassificationPresetEval(CONFIG)(data)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(VALID),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=12),
+    st.integers(0, 10_000),
+)
+def test_fuzz_mutated_images_raise_only_the_projects_error(original, flips, cut):
+    data = bytearray(original)
+    for position, value in flips:
+        data[position % len(data)] = value
+    try:
+        tensor = ClassificationPresetEval(CONFIG)(bytes(data[: max(1, len(data) - cut % len(data))]))
+    except InvalidImageError:
+        return
+    assert tensor.shape == (3, CONFIG.height, CONFIG.width) and torch.isfinite(tensor).all()

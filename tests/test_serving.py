@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import torch
+from PIL import Image
 
 from handlers.network import build_model
 from handlers.presets import ClassificationPresetEval, PresetConfig
@@ -85,15 +87,80 @@ def test_a_bad_image_in_a_batch_fails_alone(torchserve):
     assert len({answer.json()["category"] for answer in answers if answer.status_code == 200}) == 1
 
 
-def test_metrics_are_exported_for_prometheus(torchserve):
-    predict(torchserve, encode(product_image("Discs", 107)))
-    metrics = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10)
-    assert metrics.status_code == 200
-    assert "ts_inference_requests_total" in metrics.text
-
-
 def test_management_api_cannot_register_models(torchserve):
     answer = httpx.post(
         f"{torchserve.management_url}/models", params={"url": "http://example.invalid/x.mar"}, timeout=10
     )
     assert answer.status_code == 405
+
+
+def worker_pids(ports) -> list[int]:
+    workers = httpx.get(f"{ports.management_url}/models/refund-classifier", timeout=10).json()[0]["workers"]
+    return sorted(worker["pid"] for worker in workers)
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "BMP", "GIF", "TIFF"])
+def test_other_image_formats_are_accepted(torchserve, classes, fmt):
+    answer = predict(torchserve, encode(product_image("Discs", 110), fmt))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["category"] in classes
+
+
+def test_base64_json_image_is_accepted(torchserve, classes):
+    image = base64.b64encode(encode(product_image("Boxes", 111))).decode()
+    answer = httpx.post(f"{torchserve.inference_url}/predictions/refund-classifier", json={"image": image}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["category"] in classes
+
+
+def test_kserve_v1_instances_answer_each_image(torchserve, classes):
+    good = base64.b64encode(encode(product_image("Wedges", 112))).decode()
+    body = {
+        "instances": [
+            {"data": good},
+            {"data": "%%% not base64"},
+            {"b64": good},
+            {"data": base64.b64encode(b"plain text").decode()},
+        ]
+    }
+    answer = httpx.post(f"{torchserve.inference_url}/predictions/refund-classifier", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert [("category" in item, item.get("code")) for item in predictions] == [
+        (True, None),
+        (False, 400),
+        (True, None),
+        (False, 415),
+    ]
+    assert predictions[0] == predictions[2]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [({"image": "%%% not base64"}, 400), ({"something": "else"}, 400), ({"instances": []}, 400)],
+)
+def test_malformed_json_requests_get_400(torchserve, body, status):
+    answer = httpx.post(f"{torchserve.inference_url}/predictions/refund-classifier", json=body, timeout=60)
+    assert answer.status_code == status
+    assert answer.json()["error"]
+
+
+def test_oversized_and_bomb_payloads_get_413_without_worker_restarts(torchserve):
+    before = worker_pids(torchserve)
+    assert predict(torchserve, b"\xff" * (17 * 1024 * 1024)).status_code == 413
+    bomb = encode(Image.new("1", (7000, 7000)), "PNG")
+    answer = predict(torchserve, bomb, "image/png")
+    assert answer.status_code == 413 and "more than" in answer.json()["error"]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = encode(product_image("Boxes", 113).convert("CMYK"), "JPEG", exif=exif)
+    assert predict(torchserve, rotated, "image/jpeg").status_code == 200
+    assert worker_pids(torchserve) == before
+
+
+def test_handler_metrics_are_exported(torchserve):
+    predict(torchserve, encode(product_image("Discs", 114)))
+    text = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10).text
+    assert "PredictionsPerCategory" in text and 'Category="' in text
+    assert "PreprocessTimePerImage" in text
+    assert "ts_inference_requests_total" in text
