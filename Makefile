@@ -57,9 +57,8 @@ serve: $(MAR) java  ## start TorchServe on 127.0.0.1:8080 (management 8081, metr
 stop:  ## stop TorchServe
 	$(PY) -m handlers.serve stop --run-dir var/serve
 
-inbox:  ## copy the 200 returned-item photos into the store's inbox
-	mkdir -p $(STORE)/inbox
-	cp -p $(SAMPLE)/images/*.jpg $(STORE)/inbox/
+inbox:  ## put the 200 returned-item photos into the store's inbox (today's partition)
+	$(BATCH_ENV) $(PY) -m batch_job ingest $(SAMPLE)/images
 
 nightly:  ## run the nightly batch job once over the inbox
 	$(BATCH_ENV) $(PY) -m batch_job run

@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 TOP_K = 3
 # Per request: where each of its images went (a row of the batch, or why it was refused),
-# and whether the request sent a list of images.
-Slots = tuple[list[int | InvalidImageError], bool]
+# and whether the request sent a list of images; None for a describe request.
+Slots = tuple[list[int | InvalidImageError], bool] | None
 
 
 def usable_cpus() -> int:
@@ -122,6 +122,8 @@ class RefundClassifier(BaseHandler):
         index_to_name = json.loads((model_dir / "index_to_name.json").read_text())
         self.classes = [index_to_name[str(i)] for i in range(len(index_to_name))]
         self.temperature = float(meta.get("temperature", 1.0))
+        self.review_threshold = meta.get("review_threshold")
+        self.class_prior = meta.get("class_prior", {})
         self.preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
 
         weights = model_dir / self.manifest["model"]["serializedFile"]
@@ -140,7 +142,12 @@ class RefundClassifier(BaseHandler):
         """Decode every image; a bad one is remembered in its slot instead of raising."""
         started = time.perf_counter()
         tensors, requests = [], []
-        for row in data:
+        for index, row in enumerate(data):
+            # TorchServe's own describe check reads only the batch's first request; batched
+            # requests must each be answered for what they asked.
+            if self.context.get_request_header(index, "describe") == "True":
+                requests.append(None)
+                continue
             try:
                 images, many = request_images(row)
             except InvalidImageError as exc:
@@ -177,7 +184,11 @@ class RefundClassifier(BaseHandler):
         """One response per request: a prediction, {"predictions": [...]} for a list, or an error."""
         rows = torch.softmax(logits / self.temperature, dim=1).tolist() if logits is not None else []
         responses = []
-        for index, (slots, many) in enumerate(requests):
+        for index, request in enumerate(requests):
+            if request is None:
+                responses.append(self.describe_handle())
+                continue
+            slots, many = request
             answers = [
                 error_body(slot) if isinstance(slot, InvalidImageError) else self.answer(rows[slot]) for slot in slots
             ]
@@ -188,6 +199,15 @@ class RefundClassifier(BaseHandler):
                 self.context.set_response_status(slots[0].status, str(slots[0]), index)
             responses.append(answers[0])
         return responses
+
+    def describe_handle(self) -> dict:
+        """What clients need to know about the served model (TorchServe's `describe: True` header)."""
+        return {
+            "model": self.model_info,
+            "classes": self.classes,
+            "review_threshold": self.review_threshold,
+            "class_prior": self.class_prior,
+        }
 
     def handle(self, data: list[dict], context) -> list[dict]:
         self.context = context

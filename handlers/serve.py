@@ -31,6 +31,8 @@ class Ports:
     inference: int = 8080
     management: int = 8081
     metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
 
     @property
     def inference_url(self) -> str:
@@ -50,6 +52,8 @@ def write_config(run_dir: Path, ports: Ports, base: Path = DEFAULT_CONFIG) -> Pa
     text = base.read_text()
     for key, port in (("inference", ports.inference), ("management", ports.management), ("metrics", ports.metrics)):
         text = re.sub(rf"^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{port}", text, flags=re.M)
+    for key, port in (("inference", ports.grpc_inference), ("management", ports.grpc_management)):
+        text = re.sub(rf"^grpc_{key}_port=.*$", f"grpc_{key}_port={port}", text, flags=re.M)
     path = run_dir / "config.properties"
     path.write_text(text)
     return path

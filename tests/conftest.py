@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from batch_job.settings import Settings
 
 from handlers import serve
 from tests.images import SHAPES, encode, product_image
@@ -19,6 +20,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports() -> serve.Ports:
+    return serve.Ports(*(free_port() for _ in range(5)))
 
 
 @pytest.fixture(scope="session")
@@ -90,10 +95,25 @@ def model_store(trained_model, tmp_path_factory) -> Path:
 def torchserve(model_store, tmp_path_factory) -> serve.Ports:
     """A real TorchServe on free ports, serving the tiny model's .mar."""
     run_dir = tmp_path_factory.mktemp("torchserve")
-    ports = serve.Ports(free_port(), free_port(), free_port())
+    ports = free_ports()
     serve.start(model_store, run_dir, ports)
     yield ports
     serve.stop(run_dir)
+
+
+@pytest.fixture(params=["sqlite+folder"])
+def backend(request, tmp_path):
+    """Settings for one test's own store and ledger; TorchServe's ports (None: nothing listens)."""
+
+    def settings_for(ports: serve.Ports | None, **overrides) -> Settings:
+        values = {
+            "store": str(tmp_path / "store"),
+            "database_url": f"sqlite:///{tmp_path / 'results.db'}",
+            "torchserve_url": ports.inference_url if ports else f"http://127.0.0.1:{free_port()}",
+        }
+        return Settings(**{**values, **overrides})
+
+    return settings_for
 
 
 @pytest.fixture(scope="session")

@@ -1,133 +1,309 @@
-"""The nightly job against a real TorchServe, a real folder store and a real SQLite ledger."""
+"""The nightly job against a real TorchServe, real stores (folder, S3) and real ledgers (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import obstore
 import pytest
 from batch_job import job
 from batch_job.__main__ import main
-from batch_job.ledger import FAILED, FINAL, PENDING, Ledger
+from batch_job.ledger import DEAD, FAILED, FINAL, NEEDS_REVIEW, OK, PENDING, Ledger, Outcome
+from batch_job.night import nightly
 from batch_job.settings import Settings
+from batch_job.store import StoredObject, open_store
 
-from tests.conftest import free_port
+from handlers import serve
+from tests.conftest import free_port, free_ports
 from tests.images import SHAPES, encode, product_image
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
+DAY = "2026-11-23"
 
 
-def fill_inbox(store: Path, count: int = 12) -> None:
-    inbox = store / "inbox" / "2026-11-23"
-    inbox.mkdir(parents=True)
-    categories = list(SHAPES)
+def put_photos(settings: Settings, count: int, day: str = DAY, corrupt: bool = True, size=(300, 400)) -> list[str]:
+    store = open_store(settings.store)
+    keys = []
     for i in range(count):
         fmt = "PNG" if i % 4 == 0 else "JPEG"
-        image = product_image(categories[i % 3], 200 + i, size=(300, 400))
-        (inbox / f"{500 + i}.{fmt.lower()}").write_bytes(encode(image, fmt))
-    (inbox / "999.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated upload")
-    (inbox / ".DS_Store").write_bytes(b"finder noise")
+        key = f"inbox/{day}/{500 + i}.{fmt.lower()}"
+        obstore.put(store, key, encode(product_image(list(SHAPES)[i % 3], 200 + i, size=size), fmt))
+        keys.append(key)
+    if corrupt:
+        obstore.put(store, f"inbox/{day}/999.jpg", b"\xff\xd8\xff\xe0 truncated upload")
+        obstore.put(store, f"inbox/{day}/.DS_Store", b"finder noise")
+        keys.append(f"inbox/{day}/999.jpg")
+    return keys
 
 
-def settings_for(tmp_path: Path, ports, **overrides) -> Settings:
-    values = {
-        "store": str(tmp_path / "store"),
-        "database_url": f"sqlite:///{tmp_path / 'results.db'}",
-        "torchserve_url": ports.inference_url if ports else f"http://127.0.0.1:{free_port()}",
-    }
-    return Settings(**{**values, **overrides})
+def run_once(settings: Settings) -> job.RunStats:
+    return nightly(settings).stats
 
 
-def test_nightly_run_records_everything_once(torchserve, tmp_path, classes):
-    fill_inbox(tmp_path / "store")
-    settings = settings_for(tmp_path, torchserve)
-    first = job.run(settings)
-    assert (first.listed, first.new) == (13, 13)  # the hidden file is not a photo
+def cli(settings: Settings, *extra: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    """The real CLI in its own process, configured through REFUND_* variables as a CronJob would."""
+    env = {**os.environ, **{f"REFUND_{key.upper()}": str(value) for key, value in vars(settings).items()}}
+    command = [sys.executable, "-m", "batch_job", "run", *extra]
+    if wait:
+        return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def final_rows(settings: Settings) -> list:
+    return [row for row in Ledger(settings.database_url).results() if row.status in FINAL]
+
+
+def test_nightly_run_records_everything_once(backend, torchserve, classes):
+    settings = backend(torchserve)
+    put_photos(settings, 12)
+    first = run_once(settings)
+    assert (first.listed, first.registered, first.claimed) == (13, 13, 13)  # the hidden file is no photo
     rows = Ledger(settings.database_url).results()
     assert len(rows) == 13
     failed = [row for row in rows if row.status == FAILED]
-    assert [row.object_key for row in failed] == ["inbox/2026-11-23/999.jpg"]
+    assert [row.object_key for row in failed] == [f"inbox/{DAY}/999.jpg"]
     assert "415" in failed[0].error and "cannot decode" in failed[0].error
     for row in rows:
-        assert row.status in FINAL and row.attempts == 1 and row.finished_at >= row.claimed_at
-        assert row.size > 0 and row.last_modified is not None and row.identity
+        assert row.status in FINAL and row.attempts == 1 and row.run_id == first.run_id
+        assert row.size > 0 and row.last_modified is not None and row.identity and row.model_version
+        assert row.finished_at >= row.claimed_at and row.latency_ms > 0
         if row.status != FAILED:
             assert row.category in classes and 0 < row.probability <= 1
             assert len(row.top3) == 3 and row.top3[0]["category"] == row.category
-            assert row.model_name == "refund-classifier" and row.model_version
+            assert row.model_name == "refund-classifier"
 
-    second = job.run(settings)
-    assert (second.listed, second.new, second.statuses) == (13, 0, {})
+    second = run_once(settings)
+    assert (second.listed, second.registered, second.claimed) == (13, 0, 0)
     assert Ledger(settings.database_url).count_rows() == 13
 
 
-def test_a_replaced_photo_is_classified_again(torchserve, tmp_path):
-    fill_inbox(tmp_path / "store", count=2)
-    settings = settings_for(tmp_path, torchserve)
-    job.run(settings)
-    replaced = tmp_path / "store" / "inbox" / "2026-11-23" / "500.png"
-    replaced.write_bytes(encode(product_image("Boxes", 300, size=(320, 400)), "PNG"))
-    assert job.run(settings).new == 1
+def test_a_replaced_photo_is_classified_again(backend, torchserve):
+    settings = backend(torchserve)
+    put_photos(settings, 2, corrupt=False)
+    run_once(settings)
+    obstore.put(open_store(settings.store), f"inbox/{DAY}/500.png", encode(product_image("Boxes", 300), "PNG"))
+    assert run_once(settings).registered == 1
 
 
-def test_torchserve_down_leaves_images_pending_for_the_next_run(torchserve, tmp_path):
-    fill_inbox(tmp_path / "store", count=3)
-    down = settings_for(tmp_path, None, retries=1)
-    stats = job.run(down)
-    assert stats.statuses == {PENDING: 4}
-    rows = Ledger(down.database_url).results()
-    assert all(row.status == PENDING and "unreachable" in row.error for row in rows)
-
-    up = settings_for(tmp_path, torchserve)
-    again = job.run(up)
-    assert again.new == 4 and PENDING not in again.statuses
-    rows = Ledger(up.database_url).results()
-    assert len(rows) == 4 and all(row.status in FINAL and row.attempts == 2 for row in rows)
+def test_review_threshold_comes_from_the_model(backend, torchserve, trained_model):
+    settings = backend(torchserve)
+    put_photos(settings, 6, corrupt=False)
+    stats = run_once(settings)
+    shipped = json.loads((trained_model / "model.json").read_text())["review_threshold"]
+    assert stats.review_threshold == shipped
+    for row in Ledger(settings.database_url).results():
+        assert row.status == (OK if row.probability >= shipped else NEEDS_REVIEW)
 
 
-def test_cli_uses_env_defaults_and_prints_the_summary(torchserve, tmp_path):
-    fill_inbox(tmp_path / "store", count=6)
+def test_report_manifest_and_routing_are_published_in_the_store(backend, torchserve):
+    settings = backend(torchserve, route="copy", review_threshold="0.999")
+    keys = put_photos(settings, 4)
+    done = cli(settings)
+    assert done.returncode == 1, done.stderr  # 1 corrupt of 5 exceeds the 5 % failure budget
+    store = open_store(settings.store)
+    folder = next(iter(obstore.list_with_delimiter(store, "runs")["common_prefixes"]))
+    summary = json.loads(bytes(obstore.get(store, f"{folder}/summary.json").bytes()))
+    assert summary["processed"] == 5 and summary["statuses"] == {NEEDS_REVIEW: 4, FAILED: 1}
+    assert summary["failures"][0]["key"] == keys[-1] and sum(summary["confidence_histogram"]) == 4
+    manifest = bytes(obstore.get(store, f"{folder}/manifest.jsonl").bytes()).decode().splitlines()
+    assert sorted(json.loads(line)["key"] for line in manifest) == sorted(keys)
+    html = bytes(obstore.get(store, f"{folder}/report.html").bytes()).decode()
+    assert html.count("data:image/jpeg;base64") == 4 and "truncated" not in html.split("Failures")[0]
+    assert "999.jpg" in html.split("Failures")[1]
+    reviewed = [meta["path"] for page in obstore.list(store, prefix="review/") for meta in page]
+    assert sorted(reviewed) == sorted(key.replace("inbox/", "review/") for key in keys[:-1])
+
+
+def test_listing_skips_partitions_older_than_the_watermark(backend, torchserve):
+    settings = backend(torchserve)
+    put_photos(settings, 2, day="2026-11-01", corrupt=False)
+    put_photos(settings, 2, day="2026-11-20", corrupt=False)
+    assert run_once(settings).listed == 4
+    put_photos(settings, 3, day="2026-11-21", corrupt=False)
+    obstore.put(open_store(settings.store), "inbox/2026-11-01/late.jpg", encode(product_image("Discs", 1)))
+    stats = run_once(settings)  # 2026-11-01 is long before the watermark (2026-11-20 minus one day)
+    assert (stats.listed, stats.registered) == (5, 3)
+
+
+def test_torchserve_down_at_start_claims_nothing(backend):
+    settings = backend(None, retries=0)
+    put_photos(settings, 2)
+    assert (
+        main(
+            [
+                "run",
+                "--store",
+                settings.store,
+                "--database-url",
+                settings.database_url,
+                "--torchserve-url",
+                settings.torchserve_url,
+                "--retries",
+                "0",
+            ]
+        )
+        == 2
+    )
+    assert Ledger(settings.database_url).count_rows() == 0
+
+
+def test_failed_server_attempts_are_dead_lettered(tmp_path):
+    """An image TorchServe keeps failing on (5xx) is given up after max_attempts runs, not retried forever."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    obj = StoredObject("inbox/x.jpg", 10, datetime(2026, 11, 23, tzinfo=UTC), "etag")
+    ledger.register([obj], "v1")
+    for attempt in range(1, 4):
+        (row,) = ledger.claim(
+            [row_id for row_id, _ in ledger.claimable("v1")], f"run{attempt}", "v1", timedelta(minutes=5)
+        )
+        ledger.record(
+            [(row, Outcome(PENDING, error="TorchServe answered 503", attempt_failed=True))], f"run{attempt}", 3
+        )
+    (row,) = ledger.results()
+    assert row.status == DEAD and row.attempts == 3 and "gave up after 3 attempts" in row.error
+    assert ledger.claimable("v1") == []
+
+
+def test_unreachable_server_never_dead_letters(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.register([StoredObject("inbox/y.jpg", 1, datetime(2026, 11, 23, tzinfo=UTC), None)], "v1")
+    for attempt in range(5):
+        (row,) = ledger.claim([i for i, _ in ledger.claimable("v1")], f"r{attempt}", "v1", timedelta(minutes=5))
+        ledger.record([(row, Outcome(PENDING, error="TorchServe unreachable"))], f"r{attempt}", 3)
+    assert Ledger(f"sqlite:///{tmp_path / 'ledger.db'}").results()[0].status == PENDING
+
+
+def test_kill_9_mid_run_then_rerun_loses_nothing_and_repeats_nothing(backend, torchserve):
+    settings = backend(torchserve, concurrency=2, lease_seconds=3)
+    keys = put_photos(settings, 150, corrupt=False, size=(600, 800))
+    victim = cli(settings, wait=False)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(final_rows(settings)) < 20:
+        time.sleep(0.2)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    interrupted = Counter(row.status for row in Ledger(settings.database_url).results())
+    assert interrupted[PENDING] > 0, "the kill came too late to interrupt anything"
+
+    time.sleep(settings.lease_seconds + 0.5)  # the dead run's claims expire
+    rerun = cli(settings)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = Ledger(settings.database_url).results()
+    assert sorted(row.object_key for row in rows) == sorted(keys)  # exactly one row per image
+    assert all(row.status in (OK, NEEDS_REVIEW) for row in rows)
+
+
+def test_two_runs_started_together_never_process_an_image_twice(backend, torchserve):
+    settings = backend(torchserve, concurrency=4)
+    keys = put_photos(settings, 60, corrupt=False)
+    runs = [cli(settings, wait=False) for _ in range(2)]
+    for process in runs:
+        process.wait(timeout=300)
+        assert process.returncode == 0, process.stderr.read()
+    rows = Ledger(settings.database_url).results()
+    assert sorted(row.object_key for row in rows) == sorted(keys)
+    assert all(row.status in FINAL and row.attempts == 1 for row in rows)  # claimed once, sent once
+
+
+def test_shards_split_the_work_between_processes(backend, torchserve):
+    settings = backend(torchserve, shard_count=3, concurrency=4)
+    keys = put_photos(settings, 45, corrupt=False)
+    shards = []
+    for index in range(3):
+        env = {**os.environ, "JOB_COMPLETION_INDEX": str(index)}
+        shard_settings = {f"REFUND_{k.upper()}": str(v) for k, v in vars(settings).items() if k != "shard_index"}
+        shards.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "batch_job", "run"],
+                env={**env, **shard_settings},
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for process in shards:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    rows = Ledger(settings.database_url).results()
+    assert sorted(row.object_key for row in rows) == sorted(keys)
+    for row in rows:
+        assert row.attempts == 1 and row.run_id.endswith(f"-s{job.shard_of(row.object_key, 3)}")
+    assert len({row.run_id for row in rows}) == 3
+
+
+def test_torchserve_stopping_mid_run_leaves_images_pending_until_it_is_back(backend, model_store, tmp_path):
+    run_dir = tmp_path / "ts"
+    ports = serve.start(model_store, run_dir, free_ports())
+    try:
+        settings = backend(ports, concurrency=2, retries=1)
+        keys = put_photos(settings, 120, corrupt=False, size=(600, 800))
+        night = cli(settings, wait=False)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(final_rows(settings)) < 10:
+            time.sleep(0.2)
+        serve.stop(run_dir)
+        assert night.wait(timeout=300) == 1  # what could not be sent exceeds the failure budget
+        left = Counter(row.status for row in Ledger(settings.database_url).results())
+        assert left[PENDING] > 0 and left[DEAD] == 0 and left[FAILED] == 0
+
+        serve.start(model_store, run_dir, ports)
+        morning = cli(settings)
+        assert morning.returncode == 0, morning.stderr
+        rows = Ledger(settings.database_url).results()
+        assert sorted(row.object_key for row in rows) == sorted(keys)
+        assert all(row.status in (OK, NEEDS_REVIEW) for row in rows)
+    finally:
+        serve.stop(run_dir)
+
+
+def test_lock_keeps_a_second_copy_from_running(backend, torchserve, tmp_path):
+    settings = backend(torchserve)
+    put_photos(settings, 2, corrupt=False)
+    lock = tmp_path / "night.lock"
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        skipped = cli(settings, "--lock-file", str(lock))
+    assert skipped.returncode == 0 and "holds the lock" in skipped.stderr
+    assert Ledger(settings.database_url).count_rows() == 0
+    assert cli(settings, "--lock-file", str(lock)).returncode == 0
+    assert Ledger(settings.database_url).count_rows() == 2
+
+
+def test_ingest_stores_photos_by_day_and_refuses_non_images(tmp_path):
+    desk = tmp_path / "desk"
+    desk.mkdir()
+    (desk / "101.jpg").write_bytes(encode(product_image("Discs", 1)))
+    (desk / "102.png").write_bytes(encode(product_image("Boxes", 2), "PNG"))
+    (desk / "notes.txt").write_text("customer says it does not fit")
+    store = tmp_path / "store"
+    assert main(["ingest", str(desk), "--store", str(store), "--date", "2026-11-23"]) == 1
+    assert sorted(p.name for p in (store / "inbox" / "2026-11-23").iterdir()) == ["101.jpg", "102.png"]
+    (desk / "101.jpg").write_bytes(encode(product_image("Wedges", 3)))  # another photo under a taken name
+    assert main(["ingest", str(desk / "101.jpg"), "--store", str(store), "--date", "2026-11-23"]) == 0
+    assert len(list((store / "inbox" / "2026-11-23").iterdir())) == 3
+
+
+def test_report_prints_accuracy_against_labels(backend, torchserve, tmp_path, capsys):
+    settings = backend(torchserve)
+    put_photos(settings, 6, corrupt=False)
+    run_once(settings)
     labels = tmp_path / "styles.csv"
     labels.write_text("id,articleType\n" + "".join(f"{500 + i},{list(SHAPES)[i % 3]}\n" for i in range(6)))
-    env = {
-        **os.environ,
-        "REFUND_STORE": str(tmp_path / "store"),
-        "REFUND_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
-        "REFUND_TORCHSERVE_URL": torchserve.inference_url,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "batch_job", "run"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert "listed 7, new 7" in done.stdout and "failed: 1" in done.stdout
-    report = subprocess.run(
-        [sys.executable, "-m", "batch_job", "report", "--labels", str(labels)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert report.returncode == 0, report.stderr
-    assert "accuracy on 6 labelled images" in report.stdout
+    assert main(["report", "--database-url", settings.database_url, "--labels", str(labels)]) == 0
+    assert "accuracy on 6 labelled images" in capsys.readouterr().out
 
 
-def test_exit_code_says_when_work_was_left_pending(tmp_path):
-    fill_inbox(tmp_path / "store", count=1)
-    arguments = [
-        "run",
-        "--store",
-        str(tmp_path / "store"),
-        "--database-url",
-        f"sqlite:///{tmp_path / 'x.db'}",
-        "--torchserve-url",
-        f"http://127.0.0.1:{free_port()}",
-        "--retries",
-        "0",
-    ]
-    assert main(arguments) == 1
-    assert Counter(row.status for row in Ledger(f"sqlite:///{tmp_path / 'x.db'}").results()) == {PENDING: 2}
+def test_stable_shard_hash():
+    assert job.shard_of("inbox/2026-11-23/500.jpg", 4) == job.shard_of("inbox/2026-11-23/500.jpg", 4)
+    spread = Counter(job.shard_of(f"inbox/{date(2026, 11, 23)}/{i}.jpg", 4) for i in range(4000))
+    assert set(spread) == {0, 1, 2, 3} and min(spread.values()) > 900

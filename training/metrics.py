@@ -41,6 +41,27 @@ def classification_report(targets: np.ndarray, predictions: np.ndarray, classes:
     }
 
 
+def choose_review_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float) -> float:
+    """The lowest confidence at which items at or above it are right at least `target_precision` of the time.
+
+    Items below it go to a person. 1.0 (review everything) when no threshold reaches the target.
+    """
+    order = np.argsort(-confidence)
+    precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    reaching = np.nonzero(precision >= target_precision)[0]
+    return float(confidence[order][reaching[-1]]) if len(reaching) else 1.0
+
+
+def auto_sort_report(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict:
+    """Share of items routed without a person at this threshold, and how often those are right."""
+    auto = confidence >= threshold
+    return {
+        "threshold": threshold,
+        "auto_sort_rate": float(auto.mean()) if len(auto) else 0.0,
+        "auto_sort_precision": float(correct[auto].mean()) if auto.any() else None,
+    }
+
+
 def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     """Row-normalised, so small classes are as readable as big ones."""
     rows = matrix.sum(axis=1, keepdims=True)

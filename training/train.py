@@ -27,7 +27,13 @@ from tqdm import tqdm
 from handlers.network import ARCHITECTURES, build_model
 from handlers.presets import ClassificationPresetEval, ClassificationPresetTrain, PresetConfig
 from training.catalog import ImageSource
-from training.metrics import classification_report, plot_confusion_matrix, plot_training_curve
+from training.metrics import (
+    auto_sort_report,
+    choose_review_threshold,
+    classification_report,
+    plot_confusion_matrix,
+    plot_training_curve,
+)
 
 
 class EncodedImages(Dataset):
@@ -154,6 +160,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: 0 = all cores)")
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    parser.add_argument(
+        "--review-precision",
+        type=float,
+        default=0.98,
+        help="auto-sorted items must be this precise on validation; sets the review threshold (default: 0.98)",
+    )
     return parser.parse_args(argv)
 
 
@@ -239,13 +251,31 @@ def main(argv: list[str] | None = None) -> dict:
         "test_ece_before": expected_calibration_error(test_logits.softmax(1), test_targets),
         "test_ece_after": expected_calibration_error((test_logits / temperature).softmax(1), test_targets),
     }
+    val_confidence, val_predicted = (val_logits / temperature).softmax(1).max(1)
+    threshold = choose_review_threshold(
+        val_confidence.numpy(), (val_predicted == val_targets).numpy(), args.review_precision
+    )
+    test_confidence, test_predicted = (test_logits / temperature).softmax(1).max(1)
+    metrics["auto_sort"] = {
+        "target_precision": args.review_precision,
+        "test": auto_sort_report(test_confidence.numpy(), (test_predicted == test_targets).numpy(), threshold),
+    }
     metrics["training_seconds"] = time.monotonic() - started
+    train_counts = np.bincount([target for _, target in train_items], minlength=len(classes))
 
     version = datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
     (args.out / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(classes)}, indent=1))
     (args.out / "model.json").write_text(
         json.dumps(
-            {"arch": args.arch, "preset": preset.to_dict(), "temperature": temperature, "version": version}, indent=1
+            {
+                "arch": args.arch,
+                "preset": preset.to_dict(),
+                "temperature": temperature,
+                "review_threshold": threshold,
+                "class_prior": dict(zip(classes, (train_counts / train_counts.sum()).tolist(), strict=True)),
+                "version": version,
+            },
+            indent=1,
         )
     )
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -258,7 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
         f"ECE {metrics['calibration']['test_ece_before']:.3f} -> {metrics['calibration']['test_ece_after']:.3f} "
-        f"(temperature {temperature:.2f}); model {version} in {args.out} after {metrics['training_seconds']:.0f}s"
+        f"(temperature {temperature:.2f}); review below {threshold:.2f}: auto-sorts "
+        f"{metrics['auto_sort']['test']['auto_sort_rate']:.0%} of test; model {version} in {args.out} "
+        f"after {metrics['training_seconds']:.0f}s"
     )
     return metrics
 

@@ -1,56 +1,77 @@
 """refund-batch: the nightly job that classifies new photos of returned items.
 
-python -m batch_job run                 # classify what is new in the inbox
-python -m batch_job report [--labels styles.csv --classes index_to_name.json]
+    python -m batch_job ingest PHOTO_OR_FOLDER...   # put desk photos into inbox/<today>/
+    python -m batch_job run                         # classify what is new, publish runs/<id>/
+    python -m batch_job report [--labels styles.csv --classes index_to_name.json]
+
+Exit codes of `run`: 0 done; 1 failed, dead-lettered and left-pending images exceed
+--max-failure-rate; 2 TorchServe could not be reached (nothing was claimed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import logging
 import sys
-import time
+from datetime import UTC, date, datetime
 from pathlib import Path
 
-from batch_job import job
+from batch_job.client import ServingUnavailable
+from batch_job.ingest import ingest
 from batch_job.ledger import Ledger
+from batch_job.logs import configure
+from batch_job.night import nightly
 from batch_job.report import accuracy_report, category_summary, load_classes, read_labels
 from batch_job.settings import Settings
+from batch_job.store import open_store
+
+log = logging.getLogger("refund-batch")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="refund-batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@contextlib.contextmanager
+def single_instance(lock_file: Path | None):
+    """Hold an exclusive lock for the run, so cron never starts a second copy; yields False if taken."""
+    if lock_file is None:
+        yield True
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def run_command(settings: Settings, lock_file: Path | None) -> int:
+    with single_instance(lock_file) as acquired:
+        if not acquired:
+            log.warning("another run holds the lock; this one does nothing", extra={"lock_file": str(lock_file)})
+            return 0
+        try:
+            night = nightly(settings)
+        except ServingUnavailable as exc:
+            log.error("TorchServe unavailable; nothing was claimed", extra={"reason": str(exc)})
+            return 2
+    summary = night.summary
+    print(category_summary(night.rows))
+    print(
+        f"run {night.stats.run_id}: listed {night.stats.listed}, new {night.stats.registered}, "
+        f"processed {len(night.rows)} {dict(sorted(summary['statuses'].items()))} in {night.stats.seconds:.1f}s; "
+        f"report in {night.folder}/report.html"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="classify new images and record the results")
-    report_parser = commands.add_parser("report", help="summarise the results store")
-    report_parser.add_argument("--labels", type=Path, help="a styles.csv whose ids name the images: prints accuracy")
-    report_parser.add_argument("--label-column", default="articleType", help="(default: articleType)")
-    report_parser.add_argument(
-        "--classes", type=Path, help="the model's index_to_name.json, to count labels it never learnt"
-    )
-    for sub in (run_parser, report_parser):
-        Settings.add_arguments(sub)
-    args = parser.parse_args(argv)
-    settings = Settings.from_args(args)
+    for warning in summary["drift"]["warnings"]:
+        log.warning("drift", extra={"warning": warning})
+    if summary["failure_rate"] > settings.max_failure_rate:
+        log.error("too many failures", extra={"failure_rate": summary["failure_rate"]})
+        return 1
+    return 0
 
-    if args.command == "run":
-        started = time.monotonic()
-        stats = job.run(settings)
-        rows = Ledger(settings.database_url).results(stats.run_id)
-        print(category_summary(rows))
-        print(
-            f"run {stats.run_id}: listed {stats.listed}, new {stats.new}, "
-            f"{dict(sorted(stats.statuses.items()))} in {time.monotonic() - started:.1f}s"
-        )
-        if stats.left_pending:
-            print(
-                f"{stats.left_pending} images stay pending for the next run (TorchServe or store unavailable)",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
 
+def report_command(settings: Settings, args: argparse.Namespace) -> int:
     rows = Ledger(settings.database_url).results()
     print(category_summary(rows))
     if args.labels:
@@ -58,17 +79,53 @@ def main(argv: list[str] | None = None) -> int:
         figures = accuracy_report(rows, read_labels(args.labels, args.label_column), classes)
         if figures["accuracy"] is None:
             print("no classified image has a label")
-        else:
-            print(
-                f"accuracy on {figures['in_taxonomy']} labelled images of known categories: {figures['accuracy']:.3f} "
-                f"({figures['outside_taxonomy']} more carry labels the model never learnt; "
-                f"all labelled: {figures['accuracy_all_labelled']:.3f})"
-            )
-            if figures["auto_sorted"]:
-                print(
-                    f"auto-sorted {figures['auto_sorted']} of them at precision {figures['auto_sorted_precision']:.3f}"
-                )
+            return 0
+        print(
+            f"accuracy on {figures['in_taxonomy']} labelled images of known categories: {figures['accuracy']:.3f} "
+            f"({figures['outside_taxonomy']} more carry labels the model never learnt; "
+            f"all labelled: {figures['accuracy_all_labelled']:.3f})"
+        )
+        if figures["auto_sorted"]:
+            print(f"auto-sorted {figures['auto_sorted']} of them at precision {figures['auto_sorted_precision']:.3f}")
     return 0
+
+
+def ingest_command(settings: Settings, args: argparse.Namespace) -> int:
+    report = ingest(args.paths, open_store(settings.store), settings.inbox_prefix, args.date)
+    for key in report.stored:
+        print(f"stored {key}")
+    for path, reason in report.refused.items():
+        print(f"refused {path}: {reason}", file=sys.stderr)
+    print(f"{len(report.stored)} photos stored, {len(report.refused)} refused")
+    return 1 if report.refused else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="refund-batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="classify new images, record and publish the results")
+    run_parser.add_argument("--lock-file", type=Path, help="skip this run if another one holds this lock (cron)")
+    report_parser = commands.add_parser("report", help="summarise the results store")
+    report_parser.add_argument("--labels", type=Path, help="a styles.csv whose ids name the images: prints accuracy")
+    report_parser.add_argument("--label-column", default="articleType", help="(default: articleType)")
+    report_parser.add_argument("--classes", type=Path, help="the model's index_to_name.json, to count unknown labels")
+    ingest_parser = commands.add_parser("ingest", help="put desk photos into the inbox's date partition")
+    ingest_parser.add_argument("paths", type=Path, nargs="+", help="photos, or folders of photos")
+    ingest_parser.add_argument(
+        "--date", type=date.fromisoformat, default=datetime.now(UTC).date(), help="partition (default: today, UTC)"
+    )
+    for sub in (run_parser, report_parser, ingest_parser):
+        Settings.add_arguments(sub)
+    args = parser.parse_args(argv)
+    settings = Settings.from_args(args)
+    configure()
+    if args.command == "run":
+        return run_command(settings, args.lock_file)
+    if args.command == "ingest":
+        return ingest_command(settings, args)
+    return report_command(settings, args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 
 import httpx
 
@@ -17,13 +18,26 @@ from batch_job.ledger import FAILED, NEEDS_REVIEW, OK, PENDING, Outcome
 RETRYABLE_STATUS = {500, 502, 503, 504, 507}
 
 
+class ServingUnavailable(RuntimeError):
+    """TorchServe did not answer even after retries."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What TorchServe's handler says about the model it serves (`describe: True`)."""
+
+    name: str
+    version: str
+    classes: list[str]
+    review_threshold: float | None
+    class_prior: dict[str, float]
+
+
 class TorchServeClient:
-    def __init__(
-        self, base_url: str, model_name: str, concurrency: int, timeout: float, retries: int, review_threshold: float
-    ) -> None:
+    def __init__(self, base_url: str, model_name: str, concurrency: int, timeout: float, retries: int) -> None:
         self.url = f"{base_url.rstrip('/')}/predictions/{model_name}"
         self.retries = retries
-        self.review_threshold = review_threshold
+        self.review_threshold = 0.5  # set from the model by `describe` or from settings
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=5.0),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
@@ -32,25 +46,44 @@ class TorchServeClient:
     def close(self) -> None:
         self.http.close()
 
-    def classify(self, image: bytes) -> Outcome:
+    def _post(self, content: bytes, headers: dict[str, str]) -> tuple[httpx.Response | None, str]:
+        """The first non-retryable answer, or None and the last problem after all retries."""
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2))
             try:
-                answer = self.http.post(self.url, content=image, headers={"Content-Type": "application/octet-stream"})
+                answer = self.http.post(self.url, content=content, headers=headers)
             except httpx.TransportError as exc:
                 problem = f"TorchServe unreachable: {exc!r}"
                 continue
-            if answer.status_code in RETRYABLE_STATUS:
-                problem = f"TorchServe answered {answer.status_code}: {_reason(answer)}"
-                continue
-            if answer.status_code != 200:
-                return Outcome(FAILED, error=f"rejected ({answer.status_code}): {_reason(answer)}")
-            return self._prediction(answer.json())
-        return Outcome(PENDING, error=f"{problem} (after {self.retries + 1} tries)")
+            if answer.status_code not in RETRYABLE_STATUS:
+                return answer, ""
+            problem = f"TorchServe answered {answer.status_code}: {_reason(answer)}"
+        return None, f"{problem} (after {self.retries + 1} tries)"
 
-    def _prediction(self, body: dict) -> Outcome:
+    def describe(self) -> ServedModel:
+        answer, problem = self._post(b"", {"describe": "True"})
+        if answer is None or answer.status_code != 200:
+            raise ServingUnavailable(problem or f"describe failed ({answer.status_code}): {_reason(answer)}")
+        body = answer.json()
+        return ServedModel(
+            name=body["model"]["name"],
+            version=body["model"]["version"],
+            classes=body["classes"],
+            review_threshold=body.get("review_threshold"),
+            class_prior=body.get("class_prior") or {},
+        )
+
+    def classify(self, image: bytes) -> Outcome:
+        started = time.perf_counter()
+        answer, problem = self._post(image, {"Content-Type": "application/octet-stream"})
+        latency_ms = 1000 * (time.perf_counter() - started)
+        if answer is None:
+            return Outcome(PENDING, error=problem, attempt_failed="answered" in problem, latency_ms=latency_ms)
+        if answer.status_code != 200:
+            return Outcome(FAILED, error=f"rejected ({answer.status_code}): {_reason(answer)}", latency_ms=latency_ms)
+        body = answer.json()
         probability = float(body["probability"])
         return Outcome(
             NEEDS_REVIEW if probability < self.review_threshold else OK,
@@ -58,7 +91,7 @@ class TorchServeClient:
             probability=probability,
             top3=body["top_k"][:3],
             model_name=body["model"]["name"],
-            model_version=body["model"]["version"],
+            latency_ms=latency_ms,
         )
 
 

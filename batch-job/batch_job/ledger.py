@@ -1,26 +1,55 @@
-"""The results store and ledger: one row per object version, so nothing is done twice.
+"""The results store and ledger: exactly one result per object version and model version.
 
 SQLite by default, PostgreSQL in production; the same SQLAlchemy 2 code serves both.
+
+Exactly once: every listed object gets a `pending` row (insert-if-absent). A run claims
+rows with one conditional UPDATE (pending and not leased by a live run), so two runs that
+start together never send the same image; a claim is a lease, so the rows of a run killed
+with -9 are taken over once it expires. Results are committed per batch, and only by the
+run that holds the claim.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConstraint, create_engine, func, select
+from sqlalchemy import (
+    JSON,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from batch_job.store import StoredObject
 
-PENDING, OK, NEEDS_REVIEW, FAILED = "pending", "ok", "needs_review", "failed"
-FINAL = (OK, NEEDS_REVIEW, FAILED)
+PENDING, OK, NEEDS_REVIEW, FAILED, DEAD = "pending", "ok", "needs_review", "failed", "dead"
+FINAL = (OK, NEEDS_REVIEW, FAILED, DEAD)
+CHUNK = 500  # keys per IN (...) clause: well under every database's parameter limit
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything stored here is UTC."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 class Base(DeclarativeBase):
@@ -29,11 +58,12 @@ class Base(DeclarativeBase):
 
 class Result(Base):
     __tablename__ = "results"
-    __table_args__ = (UniqueConstraint("object_key", "identity", name="uq_results_object_version"),)
+    __table_args__ = (UniqueConstraint("object_key", "identity", "model_version", name="uq_results_object_model"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    object_key: Mapped[str] = mapped_column(String(1024))
+    object_key: Mapped[str] = mapped_column(String(1024), index=True)
     identity: Mapped[str] = mapped_column(String(256))
+    model_version: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
     last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -41,88 +71,178 @@ class Result(Base):
     probability: Mapped[float | None] = mapped_column(Float)
     top3: Mapped[list | None] = mapped_column(JSON)
     model_name: Mapped[str | None] = mapped_column(String(128))
-    model_version: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    run_id: Mapped[str] = mapped_column(String(64), index=True)
-    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    run_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    shard: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    newest_partition: Mapped[date | None] = mapped_column(Date)
+    summary: Mapped[dict | None] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one object in this run; status PENDING means "try again next run"."""
+    """What happened to one object in this run; status PENDING means "try again next run".
+
+    `attempt_failed` marks a PENDING outcome the image may have caused (TorchServe answered
+    5xx for it): after `max_attempts` of those it is dead-lettered. An unreachable server
+    is not the image's fault and never dead-letters it.
+    """
 
     status: str
     category: str | None = None
     probability: float | None = None
     top3: list | None = None
     model_name: str | None = None
-    model_version: str | None = None
     error: str | None = None
+    attempt_failed: bool = False
+    latency_ms: float | None = None
 
 
 class Ledger:
     def __init__(self, url: str) -> None:
+        options = {}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url)
+            options = {"connect_args": {"timeout": 60}}  # concurrent runs wait for SQLite's write lock
+        self.engine = create_engine(url, **options)
         Base.metadata.create_all(self.engine)
+        self._insert = postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
 
-    def pending_work(self, objects: Iterable[StoredObject]) -> list[StoredObject]:
-        """The objects without a final result: new ones and those left pending by an earlier run."""
-        finished = set()
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, shard: str, model_version: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add(Run(run_id=run_id, shard=shard, model_version=model_version, started_at=utcnow()))
+
+    def finish_run(self, run_id: str, newest_partition: date | None, summary: dict) -> None:
+        with Session(self.engine) as session, session.begin():
+            run = session.get(Run, run_id)
+            run.finished_at, run.newest_partition, run.summary = utcnow(), newest_partition, summary
+
+    def newest_finished_partition(self, shard: str) -> date | None:
+        """The watermark: the newest inbox partition a finished run of this shard has listed."""
         with Session(self.engine) as session:
-            rows = session.execute(select(Result.object_key, Result.identity).where(Result.status.in_(FINAL)))
-            finished = {(key, identity) for key, identity in rows}
-        return [obj for obj in objects if (obj.key, obj.identity) not in finished]
+            query = select(func.max(Run.newest_partition)).where(Run.shard == shard, Run.finished_at.is_not(None))
+            return session.scalar(query)
 
-    def claim(self, objects: list[StoredObject], run_id: str) -> None:
-        """Record each object as pending under this run before it is sent."""
+    def recent_runs(self, limit: int, before: str) -> list[Run]:
+        with Session(self.engine) as session:
+            query = (
+                select(Run)
+                .where(Run.finished_at.is_not(None), Run.run_id < before)
+                .order_by(Run.run_id.desc())
+                .limit(limit)
+            )
+            return list(session.scalars(query))
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def register(self, objects: Iterable[StoredObject], model_version: str) -> int:
+        """Add a pending row for each object version not seen before; returns how many were new."""
+        objects = list(objects)
+        known: set[tuple[str, str]] = set()
+        with Session(self.engine) as session:
+            for start in range(0, len(objects), CHUNK):
+                keys = [obj.key for obj in objects[start : start + CHUNK]]
+                rows = session.execute(
+                    select(Result.object_key, Result.identity).where(
+                        Result.object_key.in_(keys), Result.model_version == model_version
+                    )
+                )
+                known.update((key, identity) for key, identity in rows)
+        new = [obj for obj in objects if (obj.key, obj.identity) not in known]
+        now = utcnow()
+        with self.engine.begin() as connection:
+            for start in range(0, len(new), CHUNK):
+                values = [
+                    {
+                        "object_key": obj.key,
+                        "identity": obj.identity,
+                        "model_version": model_version,
+                        "size": obj.size,
+                        "last_modified": obj.last_modified,
+                        "status": PENDING,
+                        "attempts": 0,
+                        "created_at": now,
+                    }
+                    for obj in new[start : start + CHUNK]
+                ]
+                statement = self._insert(Result).values(values)
+                connection.execute(
+                    statement.on_conflict_do_nothing(index_elements=["object_key", "identity", "model_version"])
+                )
+        return len(new)
+
+    def claimable(self, model_version: str) -> list[tuple[int, str]]:
+        """(id, key) of pending rows nobody holds a live lease on."""
+        with Session(self.engine) as session:
+            query = (
+                select(Result.id, Result.object_key)
+                .where(_claimable(model_version, utcnow()))
+                .order_by(Result.object_key)
+            )
+            return [(row_id, key) for row_id, key in session.execute(query)]
+
+    def claim(self, ids: list[int], run_id: str, model_version: str, lease: timedelta) -> list[Result]:
+        """Atomically take those of `ids` still claimable; returns the rows this run now holds."""
         now = utcnow()
         with Session(self.engine) as session, session.begin():
-            existing = {
-                (row.object_key, row.identity): row
-                for row in session.scalars(select(Result).where(Result.status == PENDING))
-            }
-            for obj in objects:
-                row = existing.get((obj.key, obj.identity))
-                if row is None:
-                    row = Result(
-                        object_key=obj.key,
-                        identity=obj.identity,
-                        size=obj.size,
-                        last_modified=obj.last_modified,
-                        status=PENDING,
-                        attempts=0,
-                    )
-                    session.add(row)
-                row.run_id, row.claimed_at = run_id, now
+            session.execute(
+                update(Result)
+                .where(Result.id.in_(ids), _claimable(model_version, now))
+                .values(run_id=run_id, lease_until=now + lease, claimed_at=now, attempts=Result.attempts + 1)
+                .execution_options(synchronize_session=False)
+            )
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(Result).where(Result.id.in_(ids), Result.run_id == run_id, Result.status == PENDING)
+            return list(session.scalars(query))
 
-    def record(self, results: list[tuple[StoredObject, Outcome]], run_id: str) -> None:
-        """Store a batch of outcomes in one transaction."""
+    def record(self, results: list[tuple[Result, Outcome]], run_id: str, max_attempts: int) -> None:
+        """Store a batch of outcomes in one transaction, only for rows this run still holds."""
         if not results:
             return
         now = utcnow()
         with Session(self.engine) as session, session.begin():
-            for obj, outcome in results:
-                row = session.scalars(
-                    select(Result).where(Result.object_key == obj.key, Result.identity == obj.identity)
-                ).one()
-                row.status, row.category, row.probability, row.top3 = (
-                    outcome.status,
-                    outcome.category,
-                    outcome.probability,
-                    outcome.top3,
+            for row, outcome in results:
+                status, error = outcome.status, outcome.error
+                if status == PENDING and outcome.attempt_failed and row.attempts >= max_attempts:
+                    status, error = DEAD, f"gave up after {row.attempts} attempts: {error}"
+                session.execute(
+                    update(Result)
+                    .where(Result.id == row.id, Result.run_id == run_id, Result.status == PENDING)
+                    .values(
+                        status=status,
+                        category=outcome.category,
+                        probability=outcome.probability,
+                        top3=outcome.top3,
+                        model_name=outcome.model_name,
+                        error=error,
+                        latency_ms=outcome.latency_ms,
+                        lease_until=None,
+                        finished_at=now if status != PENDING else None,
+                    )
+                    .execution_options(synchronize_session=False)
                 )
-                row.model_name, row.model_version, row.error = outcome.model_name, outcome.model_version, outcome.error
-                row.attempts += 1
-                row.run_id = run_id
-                row.finished_at = now if outcome.status != PENDING else None
+
+    # -- reading --------------------------------------------------------------------------
 
     def results(self, run_id: str | None = None) -> list[Result]:
         with Session(self.engine) as session:
-            query = select(Result).order_by(Result.object_key)
+            query = select(Result).order_by(Result.object_key, Result.id)
             if run_id is not None:
                 query = query.where(Result.run_id == run_id)
             return list(session.scalars(query))
@@ -130,3 +250,11 @@ class Ledger:
     def count_rows(self) -> int:
         with Session(self.engine) as session:
             return session.scalar(select(func.count()).select_from(Result)) or 0
+
+
+def _claimable(model_version: str, now: datetime):
+    return and_(
+        Result.model_version == model_version,
+        Result.status == PENDING,
+        or_(Result.lease_until.is_(None), Result.lease_until < now),
+    )

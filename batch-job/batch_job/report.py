@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from batch_job.ledger import FAILED, NEEDS_REVIEW, OK, PENDING, Result
+from batch_job.ledger import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING, Result
 
 
 def category_summary(rows: list[Result]) -> str:
@@ -21,9 +21,9 @@ def category_summary(rows: list[Result]) -> str:
     statuses = Counter(row.status for row in rows)
     lines.append(
         f"{'total':<28}{len(classified):>7}{statuses[OK]:>13}{statuses[NEEDS_REVIEW]:>11}"
-        f"   failed: {statuses[FAILED]}   pending: {statuses[PENDING]}"
+        f"   failed: {statuses[FAILED]}   dead: {statuses[DEAD]}   pending: {statuses[PENDING]}"
     )
-    lines += [f"  failed {row.object_key}: {row.error}" for row in rows if row.status == FAILED]
+    lines += [f"  {row.status} {row.object_key}: {row.error}" for row in rows if row.status in (FAILED, DEAD)]
     return "\n".join(lines)
 
 

@@ -8,17 +8,32 @@ import os
 from dataclasses import dataclass, fields
 
 ENV_PREFIX = "REFUND_"
+# Kubernetes sets these itself; they apply where the REFUND_ variable is not set.
+ENV_FALLBACKS = {"shard_index": "JOB_COMPLETION_INDEX"}
 
 HELP = {
     "store": "object store: a local folder, or s3://bucket/prefix (credentials from AWS_* env)",
-    "inbox_prefix": "where new photos arrive inside the store",
+    "inbox_prefix": "where new photos arrive inside the store (date partitions inbox/YYYY-MM-DD/)",
+    "runs_prefix": "where each run's manifest, summary and HTML report go inside the store",
     "database_url": "results ledger, an SQLAlchemy URL (postgresql+psycopg://... in production)",
     "torchserve_url": "TorchServe inference API",
     "model_name": "model to call: POST /predictions/<model_name>",
     "concurrency": "requests in flight; keep >= TorchServe workers x batchSize to fill its batches",
-    "review_threshold": "predictions less probable than this get status needs_review",
+    "review_threshold": "'auto' (the threshold chosen on validation, shipped with the model) or a probability",
     "retries": "retries of a request on connection errors and 5xx, with exponential backoff",
     "request_timeout": "seconds to wait for one prediction",
+    "max_attempts": "runs in which TorchServe may fail on an image before it is dead-lettered",
+    "lease_seconds": "how long a claim on an image holds before another run may take it over",
+    "lookback_days": "date partitions older than the last finished run's newest, minus this, are not listed",
+    "route": "none, copy or move each image to sorted/<category>/ or review/ in the store",
+    "max_failure_rate": "exit 1 when failed + dead + left-pending images exceed this share of the run",
+    "drift_threshold": "warn when the category mix's PSI against training or recent runs exceeds this",
+    "shard_index": "this process's shard (Indexed Job: JOB_COMPLETION_INDEX)",
+    "shard_count": "number of shards: each takes the keys whose stable hash mod shard_count is its index",
+    "scale_deployment": "scale-to-zero mode: the TorchServe Deployment to scale up before and down after the run",
+    "scale_namespace": "its namespace (default: the pod's own)",
+    "scale_replicas": "replicas to scale up to",
+    "scale_timeout": "seconds to wait for the scaled-up replicas to be ready",
 }
 
 
@@ -26,24 +41,39 @@ HELP = {
 class Settings:
     store: str = "var/store"
     inbox_prefix: str = "inbox/"
+    runs_prefix: str = "runs/"
     database_url: str = "sqlite:///var/results.db"
     torchserve_url: str = "http://127.0.0.1:8080"
     model_name: str = "refund-classifier"
     concurrency: int = 32
-    review_threshold: float = 0.5
+    review_threshold: str = "auto"
     retries: int = 4
     request_timeout: float = 60.0
+    max_attempts: int = 3
+    lease_seconds: int = 900
+    lookback_days: int = 1
+    route: str = "none"
+    max_failure_rate: float = 0.05
+    drift_threshold: float = 0.25
+    shard_index: int = 0
+    shard_count: int = 1
+    scale_deployment: str = ""
+    scale_namespace: str = ""
+    scale_replicas: int = 1
+    scale_timeout: float = 600.0
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         for field in fields(cls):
             env = ENV_PREFIX + field.name.upper()
             kind = type(field.default)
+            raw = os.environ.get(env, os.environ.get(ENV_FALLBACKS.get(field.name, ""), field.default))
             parser.add_argument(
                 "--" + field.name.replace("_", "-"),
                 type=kind,
-                default=kind(os.environ.get(env, field.default)),
-                help=f"{HELP[field.name]} (env {env}, default: {field.default})",
+                default=kind(raw),
+                choices=("none", "copy", "move") if field.name == "route" else None,
+                help=f"{HELP[field.name]} (env {env}, default: {field.default!r})",
             )
 
     @classmethod

@@ -1,0 +1,46 @@
+"""A whole night: classify what is new, then summarise, publish and close the run."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from batch_job import html_report, job
+from batch_job.ledger import Result
+from batch_job.settings import Settings
+from batch_job.summary import publish, summarize
+
+RECENT_RUNS = 7  # drift baseline: about a week of nights
+
+
+@dataclass(frozen=True)
+class Night:
+    stats: job.RunStats
+    rows: list[Result]
+    summary: dict
+    folder: str
+
+
+def serving(settings: Settings):
+    """Scale-to-zero mode scales TorchServe up for the run and back down after it."""
+    if not settings.scale_deployment:
+        return contextlib.nullcontext()
+    from batch_job.scaler import serving_scaled  # the kubernetes client is needed only in this mode
+
+    return serving_scaled(settings)
+
+
+def nightly(settings: Settings) -> Night:
+    """Raises ServingUnavailable, before claiming anything, when TorchServe cannot be reached."""
+    client, ledger, store = job.open_run(settings)
+    try:
+        with serving(settings):
+            stats = job.run(settings, client, ledger, store)
+    finally:
+        client.close()
+    rows = ledger.results(stats.run_id)
+    previous = [run.summary for run in ledger.recent_runs(RECENT_RUNS, before=stats.run_id) if run.summary]
+    summary = summarize(stats, rows, previous, settings.drift_threshold)
+    folder = publish(store, settings, summary, rows, html_report.render(summary, rows, store))
+    ledger.finish_run(stats.run_id, stats.newest_partition, summary)
+    return Night(stats, rows, summary, folder)

@@ -1,0 +1,82 @@
+"""What a run produced, as a JSON-able summary and a manifest, published to runs/<run-id>/."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from obstore.store import ObjectStore
+
+from batch_job.drift import drift_report
+from batch_job.job import RunStats
+from batch_job.ledger import FINAL, NEEDS_REVIEW, OK, Result
+from batch_job.settings import Settings
+from batch_job.store import put_object
+
+HISTOGRAM_BINS = 10
+
+
+def summarize(stats: RunStats, rows: list[Result], previous: list[dict], drift_threshold: float) -> dict:
+    classified = [row for row in rows if row.status in (OK, NEEDS_REVIEW)]
+    counts = Counter(row.category for row in classified)
+    confidences = [row.probability for row in classified]
+    mean_confidence = sum(confidences) / len(confidences) if confidences else None
+    histogram = [0] * HISTOGRAM_BINS
+    for value in confidences:
+        histogram[min(HISTOGRAM_BINS - 1, int(value * HISTOGRAM_BINS))] += 1
+    statuses = Counter(row.status for row in rows)
+    return {
+        "run_id": stats.run_id,
+        "shard": stats.shard,
+        "model": {"name": stats.model.name, "version": stats.model.version},
+        "review_threshold": stats.review_threshold,
+        "seconds": round(stats.seconds, 3),
+        "listed": stats.listed,
+        "new": stats.registered,
+        "processed": len(rows),
+        "images_per_second": round(len(rows) / stats.seconds, 2) if stats.seconds else None,
+        "statuses": dict(statuses),
+        "auto_sorted_share": statuses[OK] / len(classified) if classified else None,
+        "failure_rate": stats.failure_rate,
+        "category_counts": dict(counts.most_common()),
+        "review_counts": dict(Counter(row.category for row in classified if row.status == NEEDS_REVIEW)),
+        "mean_confidence": mean_confidence,
+        "confidence_histogram": histogram,
+        "failures": [
+            {"key": row.object_key, "status": row.status, "error": row.error}
+            for row in rows
+            if row.status not in (OK, NEEDS_REVIEW)
+        ],
+        "drift": drift_report(counts, mean_confidence, stats.model.class_prior, previous, drift_threshold),
+    }
+
+
+def manifest_lines(rows: list[Result]) -> str:
+    """One JSON line per image this run handled."""
+    return "".join(
+        json.dumps(
+            {
+                "key": row.object_key,
+                "identity": row.identity,
+                "status": row.status,
+                "final": row.status in FINAL,
+                "category": row.category,
+                "probability": row.probability,
+                "top3": row.top3,
+                "error": row.error,
+                "attempts": row.attempts,
+                "latency_ms": row.latency_ms,
+            }
+        )
+        + "\n"
+        for row in rows
+    )
+
+
+def publish(store: ObjectStore, settings: Settings, summary: dict, rows: list[Result], html: str) -> str:
+    """Write summary.json, manifest.jsonl and report.html; returns the run's folder."""
+    folder = f"{settings.runs_prefix.rstrip('/')}/{summary['run_id']}"
+    put_object(store, f"{folder}/summary.json", json.dumps(summary, indent=1).encode())
+    put_object(store, f"{folder}/manifest.jsonl", manifest_lines(rows).encode())
+    put_object(store, f"{folder}/report.html", html.encode())
+    return folder
