@@ -14,6 +14,8 @@ from tests.images import SHAPES, encode, product_image
 from training import archive, prepare, train
 
 PER_CLASS = 30
+# Real PostgreSQL 15 and SeaweedFS (S3) servers, started once per session when a test asks.
+pytest_plugins = ["tests.servers"]
 
 
 def free_port() -> int:
@@ -101,14 +103,22 @@ def torchserve(model_store, tmp_path_factory) -> serve.Ports:
     serve.stop(run_dir)
 
 
-@pytest.fixture(params=["sqlite+folder"])
+@pytest.fixture(params=["sqlite+folder", "postgresql+s3"])
 def backend(request, tmp_path):
-    """Settings for one test's own store and ledger; TorchServe's ports (None: nothing listens)."""
+    """Settings for one test's own store and ledger, given TorchServe's ports (None: nothing listens).
+
+    Every batch-job test runs twice: on the embedded defaults (SQLite, a folder) and on the
+    production parts (PostgreSQL 15, an S3 server), each fresh for the test.
+    """
+    if request.param == "sqlite+folder":
+        store, database_url = str(tmp_path / "store"), f"sqlite:///{tmp_path / 'results.db'}"
+    else:
+        store, database_url = request.getfixturevalue("s3_env").url(), request.getfixturevalue("postgres_url")
 
     def settings_for(ports: serve.Ports | None, **overrides) -> Settings:
         values = {
-            "store": str(tmp_path / "store"),
-            "database_url": f"sqlite:///{tmp_path / 'results.db'}",
+            "store": store,
+            "database_url": database_url,
             "torchserve_url": ports.inference_url if ports else f"http://127.0.0.1:{free_port()}",
         }
         return Settings(**{**values, **overrides})
