@@ -18,13 +18,13 @@ MODEL_DIR := var/model
 MAR := var/model-store/refund-classifier.mar
 BATCH_ENV := REFUND_STORE=$(STORE) REFUND_DATABASE_URL=$(DATABASE_URL)
 
-.PHONY: help venv java data train archive serve stop inbox nightly report demo test lint clean
+.PHONY: help venv sysdeps data train archive serve stop inbox nightly report demo test lint clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
-venv: $(VENV)/.installed java  ## create .venv with pinned dependencies (and Java 17 where missing)
+venv: $(VENV)/.installed sysdeps  ## create .venv with pinned dependencies (and Java 17, PostgreSQL 15 where missing)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,8 +32,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-java:  ## install openjdk-17-jre-headless with apt, only where java is missing
+sysdeps:  ## install Java 17 (TorchServe) and PostgreSQL 15 (tests) with apt, only where missing
 	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+	@test -x /usr/lib/postgresql/15/bin/postgres || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15; }
 
 data: var/data/manifest.csv  ## filter classes, skip bad images, write the stratified split
 
@@ -51,7 +52,7 @@ archive: $(MAR)  ## package weights, labels and handler as refund-classifier.mar
 $(MAR): $(MODEL_DIR)/model.pt handlers/refund_classifier.py handlers/presets.py handlers/network.py handlers/model-config.yaml
 	$(PY) -m training.archive --model $(MODEL_DIR) --export-path $(dir $(MAR))
 
-serve: $(MAR) java  ## start TorchServe on 127.0.0.1:8080 (management 8081, metrics 8082)
+serve: $(MAR) sysdeps  ## start TorchServe on 127.0.0.1:8080 (management 8081, metrics 8082)
 	$(PY) -m handlers.serve start --model-store $(dir $(MAR)) --run-dir var/serve
 
 stop:  ## stop TorchServe

@@ -25,6 +25,9 @@ def serving(settings: Settings):
     """Scale-to-zero mode scales TorchServe up for the run and back down after it."""
     if not settings.scale_deployment:
         return contextlib.nullcontext()
+    if settings.shard_count > 1:
+        # The first shard to finish would scale TorchServe away under the others.
+        raise ValueError("scale-to-zero runs with one shard; scale TorchServe in a separate step for sharded runs")
     from batch_job.scaler import serving_scaled  # the kubernetes client is needed only in this mode
 
     return serving_scaled(settings)
