@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+import time
 import zipfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from training import train
 from training.catalog import ImageSource, read_styles
 from training.metrics import classification_report
 from training.prepare import prepare, stratified_split
 from training.train import expected_calibration_error, fit_temperature
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_styles_with_unquoted_commas_are_read_by_position(kaggle_dataset):
@@ -101,3 +108,71 @@ def test_training_saves_weights_labels_metrics_and_plots(trained_model):
     meta = json.loads((trained_model / "model.json").read_text())
     assert meta["arch"] == "resnet18" and meta["preset"]["height"] == 80
     assert len(json.loads((trained_model / "history.json").read_text())) == 3
+
+
+def test_model_card_names_data_metrics_and_confusions(trained_model):
+    card = (trained_model / "model_card.md").read_text()
+    for words in (
+        "# Model card",
+        "## Data",
+        "accuracy",
+        "calibration",
+        "review threshold",
+        "## Known confusions",
+        "## Limits",
+        "| Discs |",
+        "confusion_matrix.png",
+    ):
+        assert words in card, words
+
+
+def test_killed_training_resumes_from_its_checkpoint(prepared, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--prepared",
+        str(prepared),
+        "--out",
+        str(tmp_path),
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--epochs",
+        "8",
+    ]
+    victim = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.kill()
+    victim.wait()
+    assert not (tmp_path / "metrics.json").exists(), "training finished before it could be interrupted"
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    assert [entry["epoch"] for entry in json.loads((tmp_path / "history.json").read_text())] == list(range(1, 9))
+
+
+def test_training_stops_early_without_progress(prepared, tmp_path):
+    train.main(
+        [
+            "--prepared",
+            str(prepared),
+            "--out",
+            str(tmp_path),
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+            "--epochs",
+            "30",
+            "--patience",
+            "2",
+            "--lr",
+            "1e-12",
+        ]
+    )  # nothing can improve on epoch 1
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 3

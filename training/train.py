@@ -34,6 +34,7 @@ from training.metrics import (
     plot_confusion_matrix,
     plot_training_curve,
 )
+from training.model_card import write_model_card
 
 
 class EncodedImages(Dataset):
@@ -67,6 +68,13 @@ def load_split(
                 taken[row["label"]] += 1
                 items.append((data, index_of[row["label"]]))
     return items
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    """A kill mid-write must leave the previous file, never a truncated one."""
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -160,6 +168,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: 0 = all cores)")
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
+    parser.add_argument(
+        "--patience", type=int, default=0, help="stop after this many epochs without a better val macro-F1 (0: never)"
+    )
     parser.add_argument(
         "--review-precision",
         type=float,
@@ -215,8 +227,20 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    history, best_f1, started = [], -1.0, time.monotonic()
-    for epoch in range(1, args.epochs + 1):
+    checkpoint_path = args.out / "checkpoint.pt"
+    history, best_f1, first_epoch, started = [], -1.0, 1, time.monotonic()
+    if args.resume and checkpoint_path.exists():
+        # Our own file: optimizer and RNG states are not plain tensors, so weights_only is off.
+        state = torch.load(checkpoint_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["loader_rng"])
+        history, first_epoch = state["history"], state["epoch"] + 1
+        best_f1 = max(entry["val_macro_f1"] for entry in history)
+        print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
+    for epoch in range(first_epoch, args.epochs + 1):
         epoch_start = time.monotonic()
         train_loss = train_one_epoch(
             model, train_loader, optimizer, scheduler, criterion, f"epoch {epoch}/{args.epochs}"
@@ -239,7 +263,15 @@ def main(argv: list[str] | None = None) -> dict:
         )
         if val["macro_f1"] > best_f1:
             best_f1 = val["macro_f1"]
-            torch.save(model.state_dict(), args.out / "model.pt")
+            save_atomically(model.state_dict(), args.out / "model.pt")
+        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        checkpoint |= {"scheduler": scheduler.state_dict(), "history": history}
+        checkpoint |= {"torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state()}
+        save_atomically(checkpoint, checkpoint_path)
+        best_epoch = max(history, key=lambda entry: entry["val_macro_f1"])["epoch"]
+        if args.patience and epoch - best_epoch >= args.patience:
+            print(f"early stop: validation macro-F1 has not improved for {args.patience} epochs")
+            break
 
     model.load_state_dict(torch.load(args.out / "model.pt", weights_only=True))
     val_logits, val_targets = predict_logits(model, val_loader)
@@ -285,6 +317,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, args.out / "confusion_matrix.png")
     plot_training_curve(history, args.out / "training_curve.png")
+    write_model_card(
+        args.out / "model_card.md",
+        dataset_info,
+        metrics,
+        json.loads((args.out / "model.json").read_text()),
+        history,
+        vars(args),
+    )
     print(
         f"test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
         f"ECE {metrics['calibration']['test_ece_before']:.3f} -> {metrics['calibration']['test_ece_after']:.3f} "

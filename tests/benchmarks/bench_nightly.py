@@ -59,7 +59,7 @@ def bench(name: str, location: str, ports: serve.Ports, workdir: Path, existing:
     store = open_store(location)
     history = [
         # Older than the lookback window: the ledger would hold them, the listing never sees them.
-        (f"inbox/{TODAY - timedelta(days=2 + i % 365)}/old-{i}.jpg", b"an image classified long ago")
+        (f"inbox/{TODAY - timedelta(days=3 + i % 365)}/old-{i}.jpg", b"an image classified long ago")
         for i in range(existing)
     ]
     fill_seconds = put_many(store, history)

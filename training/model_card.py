@@ -1,0 +1,89 @@
+"""A markdown model card written next to every trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+KNOWN_CONFUSIONS = 10
+
+
+def top_confusions(matrix: np.ndarray, classes: list[str], count: int) -> list[tuple[str, str, int, float]]:
+    """(true, predicted, items, share of the true class) for the most frequent mistakes."""
+    off_diagonal = matrix.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    rows = matrix.sum(axis=1)
+    order = np.dstack(np.unravel_index(np.argsort(-off_diagonal, axis=None), matrix.shape))[0][:count]
+    return [
+        (classes[t], classes[p], int(off_diagonal[t, p]), off_diagonal[t, p] / max(1, rows[t]))
+        for t, p in order
+        if off_diagonal[t, p] > 0
+    ]
+
+
+def write_model_card(path: Path, dataset: dict, metrics: dict, meta: dict, history: list[dict], args: dict) -> None:
+    classes = list(metrics["per_class"])
+    calibration, auto = metrics["calibration"], metrics["auto_sort"]["test"]
+    lines = [
+        f"# Model card: refund-classifier {meta['version']}",
+        "",
+        f"A {meta['arch']} trained from scratch on {dataset['label_column']} labels of the Fashion Product "
+        f"Images catalogue, {meta['preset']['width']}x{meta['preset']['height']} input, to route returned items.",
+        "",
+        "## Data",
+        f"- source: `{dataset['data_root']}`; {len(classes)} classes with >= {dataset['min_images']} images",
+        f"- split (stratified, seed {dataset['seed']}): " + ", ".join(f"{k} {v}" for k, v in dataset["splits"].items()),
+        f"- epochs run: {len(history)}",
+        f"- left out: {len(dataset['dropped_classes'])} classes under the minimum, "
+        f"{len(dataset['missing_images'])} missing and {len(dataset['corrupt_images'])} corrupt images",
+        "",
+        "## Results on the test split",
+        f"- accuracy **{metrics['accuracy']:.3f}**, macro-F1 **{metrics['macro_f1']:.3f}** "
+        f"({metrics['samples']} images)",
+        f"- calibration: temperature {calibration['temperature']:.2f}, expected calibration error "
+        f"{calibration['test_ece_before']:.3f} before, {calibration['test_ece_after']:.3f} after",
+        f"- review threshold {auto['threshold']:.3f} (chosen on validation for >= "
+        f"{metrics['auto_sort']['target_precision']:.0%} precision): auto-sorts {auto['auto_sort_rate']:.1%} of test "
+        f"at precision {auto['auto_sort_precision'] or 0:.3f}",
+        f"- training time {metrics['training_seconds'] / 60:.1f} min on the CPU",
+        "",
+        "![confusion matrix](confusion_matrix.png) ![training curve](training_curve.png)",
+        "",
+        "| class | precision | recall | F1 | test images |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+        for name, m in sorted(metrics["per_class"].items(), key=lambda item: item[1]["f1"])
+    ]
+    lines += [
+        "",
+        "## Known confusions",
+        "",
+        "| true | predicted as | items | share of the class |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {true} | {predicted} | {items} | {share:.1%} |"
+        for true, predicted, items, share in top_confusions(
+            np.array(metrics["confusion_matrix"]), classes, KNOWN_CONFUSIONS
+        )
+    ]
+    lines += [
+        "",
+        "## Limits",
+        "- Trained on catalogue photos (plain background, centred product); photos of returns taken "
+        "differently (hands, clutter, packaging) are out of distribution: watch the nightly drift report.",
+        f"- Knows only these {len(classes)} categories; anything else is forced into one of them, "
+        "usually with low confidence, and goes to review.",
+        "- Look-alike categories (see the confusions above) are where auto-sorting is least reliable.",
+        "",
+        "## Training arguments",
+        "",
+        "```",
+        *(f"{key}: {value}" for key, value in sorted(args.items())),
+        "```",
+        "",
+    ]
+    path.write_text("\n".join(lines))
