@@ -18,7 +18,7 @@ MODEL_DIR := var/model
 MAR := var/model-store/refund-classifier.mar
 BATCH_ENV := REFUND_STORE=$(STORE) REFUND_DATABASE_URL=$(DATABASE_URL)
 
-.PHONY: help venv sysdeps data train archive serve stop inbox nightly report demo test lint clean
+.PHONY: help venv sysdeps data train archive serve stop inbox nightly report demo test bench-nightly lint clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -80,6 +80,9 @@ demo:  ## set up and run everything end to end, printing each step's time
 test: venv  ## unit and integration tests (real TorchServe over HTTP), then lint
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory lint
+
+bench-nightly:  ## scale benchmark: 100,000 old + 5,000 new photos, folder and S3 (several minutes)
+	$(PY) -m tests.benchmarks.bench_nightly
 
 lint:  ## ruff
 	$(VENV)/bin/ruff check .
