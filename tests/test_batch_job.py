@@ -23,7 +23,7 @@ from batch_job.settings import Settings
 from batch_job.store import StoredObject, open_store
 
 from handlers import serve
-from tests.conftest import free_port, free_ports
+from tests.conftest import free_ports
 from tests.images import SHAPES, encode, product_image
 
 pytestmark = pytest.mark.integration
@@ -290,7 +290,14 @@ def test_ingest_stores_photos_by_day_and_refuses_non_images(tmp_path):
     assert sorted(p.name for p in (store / "inbox" / "2026-11-23").iterdir()) == ["101.jpg", "102.png"]
     (desk / "101.jpg").write_bytes(encode(product_image("Wedges", 3)))  # another photo under a taken name
     assert main(["ingest", str(desk / "101.jpg"), "--store", str(store), "--date", "2026-11-23"]) == 0
-    assert len(list((store / "inbox" / "2026-11-23").iterdir())) == 3
+    day = store / "inbox" / "2026-11-23"
+    assert len(list(day.iterdir())) == 3
+    stamps = {path.name: path.stat().st_mtime_ns for path in day.iterdir()}
+    assert (
+        main(["ingest", str(desk / "101.jpg"), str(desk / "102.png"), "--store", str(store), "--date", "2026-11-23"])
+        == 0
+    )
+    assert {path.name: path.stat().st_mtime_ns for path in day.iterdir()} == stamps  # the same photos: untouched
 
 
 def test_report_prints_accuracy_against_labels(backend, torchserve, tmp_path, capsys):

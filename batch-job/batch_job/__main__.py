@@ -96,7 +96,9 @@ def ingest_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"stored {key}")
     for path, reason in report.refused.items():
         print(f"refused {path}: {reason}", file=sys.stderr)
-    print(f"{len(report.stored)} photos stored, {len(report.refused)} refused")
+    print(
+        f"{len(report.stored)} photos stored, {len(report.already_there)} already there, {len(report.refused)} refused"
+    )
     return 1 if report.refused else 0
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from obstore.store import ObjectStore
 from PIL import Image
 
-from batch_job.store import content_key, put_object
+from batch_job.store import inbox_key, put_object
 
 
 @dataclass
 class IngestReport:
     stored: list[str] = field(default_factory=list)
+    already_there: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
 
 
@@ -54,7 +55,10 @@ def ingest(paths: Iterable[Path], store: ObjectStore, inbox_prefix: str, day: da
         if problem:
             report.refused[str(path)] = problem
             continue
-        key = content_key(inbox_prefix, day, path.name, data, store)
+        key, duplicate = inbox_key(inbox_prefix, day, path.name, data, store)
+        if duplicate:
+            report.already_there.append(key)
+            continue
         put_object(store, key, data)
         report.stored.append(key)
     return report

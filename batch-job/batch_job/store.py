@@ -83,24 +83,24 @@ def put_object(store: ObjectStore, key: str, data: bytes) -> None:
     obstore.put(store, key, data)
 
 
-def exists(store: ObjectStore, key: str) -> bool:
-    try:
-        obstore.head(store, key)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def route_object(store: ObjectStore, key: str, destination: str, move: bool) -> None:
     obstore.copy(store, key, destination)
     if move:
         obstore.delete(store, key)
 
 
-def content_key(prefix: str, day: date, name: str, data: bytes, store: ObjectStore) -> str:
-    """inbox/YYYY-MM-DD/<name>; a different photo under a taken name gets a content-hash suffix."""
-    key = f"{prefix.rstrip('/')}/{day.isoformat()}/{name}"
-    if exists(store, key) and read_object(store, key) != data:
-        path = PurePosixPath(name)
-        key = f"{prefix.rstrip('/')}/{day.isoformat()}/{path.stem}-{hashlib.sha256(data).hexdigest()[:8]}{path.suffix}"
-    return key
+def inbox_key(prefix: str, day: date, name: str, data: bytes, store: ObjectStore) -> tuple[str, bool]:
+    """Where a photo goes (inbox/YYYY-MM-DD/<name>), and whether that exact photo is already there.
+
+    A different photo under a taken name gets a content-hash suffix; the same photo again is
+    not stored twice (re-writing it would change its identity and classify it again).
+    """
+    folder = f"{prefix.rstrip('/')}/{day.isoformat()}"
+    path = PurePosixPath(name)
+    for key in (f"{folder}/{name}", f"{folder}/{path.stem}-{hashlib.sha256(data).hexdigest()[:8]}{path.suffix}"):
+        try:
+            if read_object(store, key) == data:
+                return key, True
+        except FileNotFoundError:
+            return key, False
+    return key, False
