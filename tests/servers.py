@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import obstore
 import psycopg
@@ -85,6 +86,22 @@ def _die_with_parent(sig: int) -> Callable[[], None]:
         return lambda: None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     return lambda: prctl(PR_SET_PDEATHSIG, sig)
+
+
+def _spawn(args: list[str], root: Path, log: Path, death_signal: int, **options: Any) -> subprocess.Popen:
+    """A server in its own session (Ctrl-C goes to pytest, whose teardown stops it in order) that the
+    kernel stops with `death_signal` if pytest dies first; output to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            args,
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(death_signal),
+            **options,
+        )
 
 
 def _stop(proc: subprocess.Popen, sig: int) -> None:
@@ -165,17 +182,7 @@ def postgres_server(database: str = "refund", user: str = "refund") -> Iterator[
                 "full_page_writes": "off",
             }
             args = [postgres, "-D", data, *(arg for key, value in settings.items() for arg in ("-c", f"{key}={value}"))]
-            with log.open("ab") as out:
-                proc = subprocess.Popen(
-                    args,
-                    cwd=root,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # Ctrl-C goes to pytest, whose teardown stops the server in order
-                    preexec_fn=_die_with_parent(signal.SIGQUIT),  # SIGQUIT: immediate shutdown
-                    **as_user,
-                )
+            proc = _spawn(args, root, log, signal.SIGQUIT, **as_user)  # SIGQUIT: immediate shutdown
             if _wait_for_postgres(proc, port, user, password):
                 break
             _stop(proc, signal.SIGQUIT)
@@ -302,16 +309,7 @@ def s3_server(bucket: str = "refund-test") -> Iterator[S3Server]:
                 f"-filer.localSocket={root / 'filer.sock'}",
                 f"-s3.localSocket={root / 's3.sock'}",
             ]
-            with log.open("ab") as out:
-                proc = subprocess.Popen(
-                    args,
-                    cwd=root,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent(signal.SIGKILL),
-                )
+            proc = _spawn(args, root, log, signal.SIGKILL)
             if _wait_for_s3(proc, server):
                 break
             _stop(proc, signal.SIGTERM)

@@ -63,6 +63,13 @@ def final_rows(settings: Settings) -> list:
     return [row for row in Ledger(settings.database_url).results() if row.status in FINAL]
 
 
+def wait_for_results(settings: Settings, count: int, timeout: float = 120) -> None:
+    """Until a running night has committed `count` results: the moment to interrupt it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(final_rows(settings)) < count:
+        time.sleep(0.2)
+
+
 def test_nightly_run_records_everything_once(backend, torchserve, classes):
     settings = backend(torchserve)
     put_photos(settings, 12)
@@ -187,9 +194,7 @@ def test_kill_9_mid_run_then_rerun_loses_nothing_and_repeats_nothing(backend, to
     settings = backend(torchserve, concurrency=2, lease_seconds=3)
     keys = put_photos(settings, 150, corrupt=False, size=(600, 800))
     victim = cli(settings, wait=False)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(final_rows(settings)) < 20:
-        time.sleep(0.2)
+    wait_for_results(settings, 20)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     interrupted = Counter(row.status for row in Ledger(settings.database_url).results())
@@ -248,9 +253,7 @@ def test_torchserve_stopping_mid_run_leaves_images_pending_until_it_is_back(back
         settings = backend(ports, concurrency=2, retries=1)
         keys = put_photos(settings, 120, corrupt=False, size=(600, 800))
         night = cli(settings, wait=False)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(final_rows(settings)) < 10:
-            time.sleep(0.2)
+        wait_for_results(settings, 10)
         serve.stop(run_dir)
         assert night.wait(timeout=300) == 1  # what could not be sent exceeds the failure budget
         left = Counter(row.status for row in Ledger(settings.database_url).results())
