@@ -22,7 +22,7 @@ BATCH_ENV := REFUND_STORE=$(STORE) REFUND_DATABASE_URL=$(DATABASE_URL)
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+	@grep -hE '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
 venv: $(VENV)/.installed sysdeps  ## create .venv with pinned dependencies (and Java 17, PostgreSQL 15 where missing)
 
@@ -77,9 +77,12 @@ demo:  ## set up and run everything end to end, printing each step's time
 	done; \
 	printf '\n=== step times\n%b' "$$timings"
 
-test: venv  ## unit and integration tests (real TorchServe over HTTP), then lint
+test: venv  ## unit and integration tests (real TorchServe over HTTP), the offline Kubernetes check, lint
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory k8s-check
 	$(MAKE) --no-print-directory lint
+
+k8s-check: venv
 
 bench-nightly:  ## scale benchmark: 100,000 old + 5,000 new photos, folder and S3 (several minutes)
 	$(PY) -m tests.benchmarks.bench_nightly
@@ -87,6 +90,9 @@ bench-nightly:  ## scale benchmark: 100,000 old + 5,000 new photos, folder and S
 lint:  ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+include k8s/check.mk
+include tests/benchmarks/bench.mk
 
 clean:  ## remove generated data, models, stores and logs (keeps .venv)
 	-$(MAKE) --no-print-directory stop 2>/dev/null

@@ -1,0 +1,23 @@
+# Serving speed and load tests; included by the Makefile (include tests/benchmarks/bench.mk).
+#   make bench                          in-process bound vs TorchServe vs a naive server, on $(SAMPLE)
+#   make loadtest USERS=32 SECONDS=60   locust headless against the local TorchServe, reports in var/loadtest/
+# `make loadtest` uses the TorchServe of `make serve` when one answers on 127.0.0.1:8080-8082,
+# else starts one the same way (run dir var/serve) and stops it afterwards;
+# LOADTEST_ARGS=--free-ports always starts a private one on free ports instead.
+# Both load the 2 CPUs fully: run them on a quiet machine (`make bench` prints what others took).
+
+BENCH_SECONDS ?= 30
+BENCH_ARGS ?=
+USERS ?= 32
+SECONDS ?= 60
+LOADTEST_ARGS ?=
+
+.PHONY: bench loadtest
+
+bench: venv archive  ## in-process bound, TorchServe and a naive server on the sample photos (BENCH_SECONDS)
+	$(PY) -m tests.benchmarks.bench_serving --sample $(SAMPLE) --model-dir $(MODEL_DIR) \
+		--model-store $(dir $(MAR)) --seconds $(BENCH_SECONDS) $(BENCH_ARGS)
+
+loadtest: venv archive  ## locust load test against the local TorchServe (USERS, SECONDS); reports in var/loadtest/
+	$(PY) -m tests.benchmarks.locustfile --users $(USERS) --seconds $(SECONDS) --sample $(SAMPLE) \
+		--model-store $(dir $(MAR)) --out var/loadtest $(LOADTEST_ARGS)

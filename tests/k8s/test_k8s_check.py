@@ -1,0 +1,187 @@
+"""k8s/check.py: green on the shipped chart and manifests, red on broken values, and its validators
+reject what a cluster would reject (removed APIs, unknown kinds and fields, bad InferenceServices)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECK = ROOT / "k8s" / "check.py"
+BROKEN_VALUES = ROOT / "tests" / "k8s" / "broken-values.yaml"
+
+
+@pytest.fixture(scope="module")
+def tools() -> None:
+    """What `make k8s-check` installs; installed here if missing, skipped only if that fails."""
+    installed = (ROOT / "tools" / "checkov" / "bin" / "checkov").exists() and (
+        ROOT / "tools" / "kserve" / "kserve" / "models"
+    ).is_dir()
+    if installed and importlib.util.find_spec("kubernetes_validate"):
+        return
+    make = subprocess.run(
+        ["make", "-f", "k8s/check.mk", "k8s-tools", f"PY={sys.executable}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if make.returncode:
+        pytest.skip(f"cannot install the k8s check's tools (make -f k8s/check.mk k8s-tools): {make.stderr[-500:]}")
+    importlib.invalidate_caches()
+
+
+@pytest.fixture(scope="module")
+def check(tools):
+    spec = importlib.util.spec_from_file_location("k8s_check", CHECK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(CHECK), *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=300
+    )
+
+
+def test_check_passes_on_the_shipped_chart_and_manifests(tools):
+    result = run_check()
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = result.stdout.split("=== k8s check summary")[1]
+    for step in ("helm lint --strict", "helm template", "kubectl kustomize", "validate (strict)", "checkov"):
+        assert f"ok   {step}" in summary
+    assert "FAIL" not in result.stdout
+    assert "PASSED" in summary
+
+
+def test_check_fails_on_broken_values_and_says_why(tools):
+    result = run_check("--values", str(BROKEN_VALUES), "--skip-checkov")
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = [line for line in result.stdout.splitlines() if line.startswith("  failed: ")]
+    assert failed, result.stdout
+    # Only the broken file fails; the shipped values still pass.
+    assert all(str(BROKEN_VALUES) in line for line in failed), failed
+    assert "FAIL helm lint --strict" in result.stdout
+    for mistake in ("replicaCount", "/serving/cpu", "/batch/schedule"):
+        assert mistake in result.stdout, f"{mistake} not named in:\n{result.stdout}"
+    assert "FAILED" in result.stdout
+
+
+def test_check_fails_on_a_missing_values_file(tools):
+    result = run_check("--values", "no-such-values.yaml", "--skip-checkov")
+    assert result.returncode == 1
+    assert "no such values file" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def versions(check):
+    return check.kubernetes_versions()
+
+
+def test_validation_covers_kubernetes_1_30_and_newer(versions):
+    assert versions[0] == "1.30"
+    assert len(versions) >= 2
+
+
+def test_a_removed_api_fails(check, versions):
+    pdb = {
+        "apiVersion": "policy/v1beta1",  # removed in Kubernetes 1.25
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "serving"},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "serving"}}},
+    }
+    assert ["unknown kind or removed API" in problem for problem in check.validate_document(pdb, versions)] == [True]
+
+
+def test_an_unknown_kind_fails(check, versions):
+    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    assert check.validate_document(widget, versions)
+
+
+def test_an_unknown_field_fails_in_strict_mode(check, versions):
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}, "dta": {}}
+    problems = check.validate_document(config, versions)
+    assert len(problems) == 1 and "'dta' was unexpected" in problems[0]
+
+
+def test_the_inference_service_is_checked_against_kserve_models(check, versions):
+    good = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "refund-sorter"},
+        "spec": {
+            "predictor": {
+                "minReplicas": 1,
+                "model": {
+                    "modelFormat": {"name": "pytorch"},
+                    "storageUri": "s3://bucket/serving",
+                    "resources": {"limits": {"cpu": "2", "memory": "3Gi"}},
+                },
+            }
+        },
+    }
+    assert check.validate_document(good, versions) == []
+    bad = {**good, "spec": {"predictor": {"minReplicas": "1", "model": {"storageUrl": "s3://bucket", "resources": {}}}}}
+    problems = check.validate_document(bad, versions)
+    assert any("minReplicas: expected int" in problem for problem in problems), problems
+    assert any("storageUrl: no such field in V1beta1ModelSpec" in problem for problem in problems), problems
+    typed = {**good, "spec": {"predictor": {"model": {"resources": {"limits": {"cpu": 2}}}}}}
+    assert any("limits.cpu" in problem for problem in check.validate_document(typed, versions))
+
+
+def test_config_properties_drift_is_caught(check):
+    config = check.expected_pod_config()
+    assert config["inference_address"].startswith("http://0.0.0.0:")
+    assert config["management_address"].startswith("http://127.0.0.1:")
+    text = "\n".join(f"{key}={value}" for key, value in {**config, "max_request_size": "1"}.items())
+    drifted = check.Rendering(
+        "test", [{"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"config.properties": text}}], ""
+    )
+    report = check.Report()
+    check.check_config([drifted], report)
+    assert [row[2] for row in report.rows] == [False]
+    assert "max_request_size" in report.rows[0][3]
+
+
+def test_chart_and_kustomize_drift_is_caught(check):
+    chart = {
+        "kind": "CronJob",
+        "metadata": {"name": "b", "labels": {"helm.sh/chart": "x"}},
+        "spec": {"schedule": "0 2 * * *"},
+    }
+    kustomize = {"kind": "CronJob", "metadata": {"name": "b"}, "spec": {"schedule": "0 3 * * *"}}
+    found = check.differences(check.normalized(chart), check.normalized(kustomize))
+    assert found == [".spec.schedule: '0 2 * * *' in the chart, '0 3 * * *' in kustomize"]
+    # Tags and digests are the overlays' to set; the configMapGenerator's hash suffix is kustomize's.
+    assert check.normalized({"image": "refund-sorter-serve@sha256:" + "0" * 64}) == {"image": "refund-sorter-serve"}
+    assert check.normalized({"image": "refund-sorter-serve:0.1.0"}) == {"image": "refund-sorter-serve"}
+    assert check.normalized({"name": "refund-sorter-torchserve-mm4h626g82"}) == {"name": "refund-sorter-torchserve"}
+
+
+def test_batch_parallelism_renders_an_indexed_job_and_refuses_scale_to_zero(check, tmp_path):
+    helm, _ = check.layer_binaries()
+
+    def render(*settings: str) -> subprocess.CompletedProcess:
+        options = [option for setting in settings for option in ("--set", setting)]
+        return subprocess.run(
+            [str(helm), "template", "r", str(check.CHART), *options], capture_output=True, text=True, check=False
+        )
+
+    sharded = render("batch.parallelism=3")
+    assert sharded.returncode == 0, sharded.stderr
+    (cronjob,) = [doc for doc in check.documents(sharded.stdout) if doc["kind"] == "CronJob"]
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 3, 3)
+    env = {item["name"]: item.get("value") for item in job["template"]["spec"]["containers"][0]["env"]}
+    assert env["REFUND_SHARD_COUNT"] == "3"
+    single = render()
+    (cronjob,) = [doc for doc in check.documents(single.stdout) if doc["kind"] == "CronJob"]
+    assert "completionMode" not in cronjob["spec"]["jobTemplate"]["spec"]
+    refused = render("batch.parallelism=3", "batch.scaleToZero.enabled=true")
+    assert refused.returncode != 0 and "set batch.parallelism=1" in refused.stderr
