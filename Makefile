@@ -17,8 +17,12 @@ TRAIN_ARGS ?=
 MODEL_DIR := var/model
 MAR := var/model-store/refund-classifier.mar
 BATCH_ENV := REFUND_STORE=$(STORE) REFUND_DATABASE_URL=$(DATABASE_URL)
+# The model registry (a folder, or s3://bucket/prefix) and the version `make serve-model` serves.
+REGISTRY ?= var/registry
+MODEL_VERSION ?= production
+REGISTRY_CLI := $(PY) -m training.registry --registry $(REGISTRY)
 
-.PHONY: help venv sysdeps data train archive serve stop inbox nightly report demo test bench-nightly lint clean
+.PHONY: help venv sysdeps data train archive serve publish promote rollback serve-model stop inbox nightly report demo test bench-nightly lint clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -54,6 +58,19 @@ $(MAR): $(MODEL_DIR)/model.pt handlers/refund_classifier.py handlers/presets.py 
 
 serve: $(MAR) sysdeps  ## start TorchServe on 127.0.0.1:8080 (management 8081, metrics 8082)
 	$(PY) -m handlers.serve start --model-store $(dir $(MAR)) --run-dir var/serve
+
+publish: $(MAR)  ## publish the trained model and its .mar to the registry as models/<version>/
+	$(REGISTRY_CLI) publish --model $(MODEL_DIR) --mar $(MAR)
+
+promote:  ## promote the newest published model if it beats production on the test split (VERSION=...)
+	$(REGISTRY_CLI) promote $(or $(VERSION),latest) --prepared var/data
+
+rollback:  ## put the previous production model back
+	$(REGISTRY_CLI) rollback
+
+serve-model: sysdeps  ## start TorchServe with a registry version (MODEL_VERSION=production|latest|<version>)
+	$(REGISTRY_CLI) fetch $(MODEL_VERSION) --out var/serve-model-store
+	$(PY) -m handlers.serve start --model-store var/serve-model-store --run-dir var/serve
 
 stop:  ## stop TorchServe
 	$(PY) -m handlers.serve stop --run-dir var/serve

@@ -185,3 +185,25 @@ def test_batch_parallelism_renders_an_indexed_job_and_refuses_scale_to_zero(chec
     assert "completionMode" not in cronjob["spec"]["jobTemplate"]["spec"]
     refused = render("batch.parallelism=3", "batch.scaleToZero.enabled=true")
     assert refused.returncode != 0 and "set batch.parallelism=1" in refused.stderr
+
+
+def test_the_serve_image_tag_picks_the_model_version(check):
+    helm, _ = check.layer_binaries()
+    rendered = subprocess.run(
+        [str(helm), "template", "r", str(check.CHART), "--set", "image.tag=1.2", "--set", "image.serveTag=model-7"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    images = {container["image"] for doc in check.documents(rendered.stdout) for container in _containers(doc)}
+    assert images == {"refund-sorter-serve:model-7", "refund-sorter-batch:1.2"}
+
+
+def _containers(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    pod = (
+        spec.get("template", {}).get("spec")
+        or spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec")
+        or spec
+    )
+    return pod.get("containers", [])

@@ -50,7 +50,8 @@ app.kubernetes.io/part-of: refund-sorter
 {{- if $digest }}
 {{- printf "%s@%s" $repository $digest }}
 {{- else }}
-{{- printf "%s:%s" $repository (default $root.Chart.AppVersion $image.tag) }}
+{{- $tag := default (default $root.Chart.AppVersion $image.tag) (index $image (printf "%sTag" $which)) }}
+{{- printf "%s:%s" $repository $tag }}
 {{- end }}
 {{- end }}
 

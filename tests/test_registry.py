@@ -1,0 +1,121 @@
+"""The model registry and its promotion gate, on a local folder and on a real S3 server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from training import archive, evaluate, registry, train
+
+
+@pytest.fixture(scope="session")
+def worse_model(prepared, tmp_path_factory) -> tuple[Path, Path]:
+    """A model barely trained (one step, tiny learning rate) and its .mar: clearly worse than trained_model."""
+    time.sleep(1.1)  # versions are UTC timestamps to the second; this one must differ from trained_model's
+    out = tmp_path_factory.mktemp("worse-model")
+    arguments = ["--prepared", str(prepared), "--out", str(out), "--epochs", "1", "--max-per-class", "2"]
+    train.main([*arguments, "--batch-size", "16", "--workers", "0", "--lr", "1e-7"])
+    store = tmp_path_factory.mktemp("worse-model-store")
+    config = archive.HANDLERS / "model-config.yaml"
+    archive.archive(out, store, "refund-classifier", config, tmp_path_factory.mktemp("worse-mar-build"))
+    return out, store / registry.MAR_NAME
+
+
+@pytest.fixture(params=["folder", "s3"])
+def location(request, tmp_path) -> str:
+    if request.param == "folder":
+        return str(tmp_path / "registry")
+    return request.getfixturevalue("s3_env").url("registry")
+
+
+def version_of(model_dir: Path) -> str:
+    return json.loads((model_dir / "model.json").read_text())["version"]
+
+
+def cli(location: str, *arguments: str) -> int:
+    return registry.main(["--registry", location, *arguments])
+
+
+def test_the_gate_refuses_a_worse_model_promotes_a_better_one_and_rolls_back(
+    location, trained_model, model_store, worse_model, prepared, tmp_path, capsys
+):
+    worse_dir, worse_mar = worse_model
+    better, worse = version_of(trained_model), version_of(worse_dir)
+    scores = {
+        version: evaluate.evaluate(model_dir, evaluate.split_items(model_dir, prepared, "test"))["macro_f1"]
+        for version, model_dir in ((better, trained_model), (worse, worse_dir))
+    }
+    assert scores[better] > scores[worse], scores  # the premise of this test
+
+    assert cli(location, "publish", "--model", str(worse_dir), "--mar", str(worse_mar)) == 0
+    assert cli(location, "promote", "--prepared", str(prepared)) == 0  # latest; nothing in production yet
+    assert "promoted: no model in production yet" in capsys.readouterr().out
+    mar = model_store / registry.MAR_NAME
+    assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 0
+    assert cli(location, "promote", better, "--prepared", str(prepared)) == 0
+    out = capsys.readouterr().out
+    assert f"promoted: {better} beats production {worse}" in out
+    assert f"macro_f1 {scores[better]:.4f} vs {scores[worse]:.4f}" in out
+
+    # The worse model again: refused, with the figures, and production stays.
+    assert cli(location, "promote", worse, "--prepared", str(prepared)) == 1
+    assert f"refused: {worse} does not beat production {better}" in capsys.readouterr().out
+    store = registry.Registry(registry.open_store(location))
+    assert store.state()["version"] == better
+    assert [entry["promoted"] for entry in store.state()["history"]] == [True, True, False]
+
+    assert cli(location, "fetch", "production", "--out", str(tmp_path / "serve")) == 0
+    assert (tmp_path / "serve" / registry.MAR_NAME).read_bytes() == mar.read_bytes()
+    assert cli(location, "rollback") == 0
+    assert f"production is {worse} again (was {better})" in capsys.readouterr().out
+    assert cli(location, "fetch", "production", "--out", str(tmp_path / "serve")) == 0
+    assert (tmp_path / "serve" / registry.MAR_NAME).read_bytes() == worse_mar.read_bytes()
+    assert cli(location, "rollback") == 2
+    assert "nothing to roll back to" in capsys.readouterr().err
+
+    assert cli(location, "list") == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listing] == sorted([better, worse])
+    assert [line.endswith("<- production") for line in listing] == [False, True]  # worse is older
+
+
+def test_publish_refuses_an_incomplete_model_and_a_second_upload_of_a_version(
+    location, trained_model, model_store, tmp_path, capsys
+):
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(trained_model, incomplete)
+    (incomplete / "model.pt").unlink()
+    mar = model_store / registry.MAR_NAME
+    assert cli(location, "publish", "--model", str(incomplete), "--mar", str(mar)) == 2
+    error = capsys.readouterr().err
+    assert "missing" in error and "model.pt" in error
+    assert cli(location, "promote", "--prepared", "var/data") == 2
+    assert "holds no model" in capsys.readouterr().err
+
+    assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 0
+    assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 2
+    assert "already published" in capsys.readouterr().err
+    assert cli(location, "fetch", "no-such-version", "--out", str(tmp_path / "serve")) == 2
+    assert "no version 'no-such-version'" in capsys.readouterr().err
+    assert cli(location, "fetch", "production", "--out", str(tmp_path / "serve")) == 2
+
+
+def test_promotion_needs_the_same_classes(trained_model, tmp_path):
+    other = tmp_path / "prepared"
+    other.mkdir()
+    (other / "dataset.json").write_text(json.dumps({"classes": ["Tshirts", "Tops"], "data_root": str(tmp_path)}))
+    with pytest.raises(ValueError, match="other classes"):
+        evaluate.split_items(trained_model, other, "test")
+
+
+def test_evaluate_on_labelled_photos_leaves_out_unknown_missing_and_corrupt_ones(trained_model, kaggle_dataset):
+    items, left_out = evaluate.photo_items(trained_model, kaggle_dataset, "articleType")
+    assert (len(items), left_out) == (90, 3)  # the "Rare" class, a missing and a corrupt image
+    report = evaluate.main(["--model", str(trained_model), "--photos", str(kaggle_dataset)])
+    assert report["accuracy"] == pytest.approx(
+        sum(report["per_class"][name]["recall"] for name in report["per_class"]) / 3
+    )

@@ -1,0 +1,97 @@
+"""Evaluate a trained model in-process, with the same preprocessing the handler uses.
+
+    python -m training.evaluate --model var/model --prepared var/data            # the test split
+    python -m training.evaluate --model var/model --photos ../shared/datasets/returns-photos-sample
+
+The promotion gate (training.registry) scores candidate and production this way, on the
+same split, so that "better" never compares numbers measured on different images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from handlers.network import build_model
+from handlers.presets import ClassificationPresetEval, InvalidImageError, PresetConfig, decode_image
+from training.catalog import ImageSource, read_styles
+from training.metrics import classification_report
+from training.train import EncodedImages, load_split, predict_logits
+
+
+def load_classes(model_dir: Path) -> list[str]:
+    names = json.loads((model_dir / "index_to_name.json").read_text())
+    return [names[str(index)] for index in range(len(names))]
+
+
+def split_items(model_dir: Path, prepared: Path, split: str) -> list[tuple[bytes, int]]:
+    """A split of training.prepare's manifest; the model must know exactly the split's classes."""
+    dataset = json.loads((prepared / "dataset.json").read_text())
+    classes = load_classes(model_dir)
+    if dataset["classes"] != classes:
+        raise ValueError(f"{model_dir} was trained on other classes than {prepared} holds: not comparable")
+    return load_split(prepared, split, classes, ImageSource(Path(dataset["data_root"])), None)
+
+
+def photo_items(model_dir: Path, photos: Path, label_column: str) -> tuple[list[tuple[bytes, int]], int]:
+    """Labelled photos in the Kaggle layout whose label the model knows and which decode, and how
+    many were left out."""
+    index_of = {name: index for index, name in enumerate(load_classes(model_dir))}
+    rows, _ = read_styles(photos / "styles.csv", label_column)
+    source = ImageSource(photos)
+    items = []
+    for row in rows:
+        data = source.read(row.image_id) if row.label in index_of else None
+        if data is not None and _decodes(data):
+            items.append((data, index_of[row.label]))
+    return items, len(rows) - len(items)
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        decode_image(data)
+    except InvalidImageError:
+        return False
+    return True
+
+
+def evaluate(model_dir: Path, items: list[tuple[bytes, int]], batch_size: int = 64) -> dict:
+    """Accuracy, macro-F1 and per-class figures of the model in model_dir on (bytes, label) items."""
+    description = json.loads((model_dir / "model.json").read_text())
+    classes = load_classes(model_dir)
+    model = build_model(description["arch"], len(classes))
+    model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
+    model = model.to(memory_format=torch.channels_last)
+    preset = ClassificationPresetEval(PresetConfig.from_dict(description["preset"]))
+    logits, targets = predict_logits(model, DataLoader(EncodedImages(items, preset), batch_size=batch_size))
+    return classification_report(targets.numpy(), logits.argmax(1).numpy(), classes)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("var/model"), help="(default: var/model)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prepared", type=Path, default=Path("var/data"), help="training.prepare's output")
+    source.add_argument("--photos", type=Path, help="labelled photos instead: styles.csv + images/")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
+    parser.add_argument("--label-column", default="articleType", help="of --photos' styles.csv")
+    args = parser.parse_args(argv)
+    if args.photos:
+        items, left_out = photo_items(args.model, args.photos, args.label_column)
+        what = f"{args.photos} ({left_out} photos of unknown categories or missing left out)"
+    else:
+        items, what = split_items(args.model, args.prepared, args.split), f"the {args.split} split of {args.prepared}"
+    report = evaluate(args.model, items)
+    print(
+        f"{args.model} on {what}: {len(items)} images, accuracy {report['accuracy']:.3f}, "
+        f"macro-F1 {report['macro_f1']:.3f}"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The model registry: every trained model under models/<version>/ in the object store, and a
+promotion gate that lets a model into production only if it beats the one there.
+
+    python -m training.registry publish --model var/model --mar var/model-store/refund-classifier.mar
+    python -m training.registry promote latest --prepared var/data    # exit 1: refused, with why
+    python -m training.registry rollback                              # back to the previous production
+    python -m training.registry fetch production --out var/serve-model-store
+    python -m training.registry list
+
+The registry lives in a local folder by default (REFUND_REGISTRY=var/registry) or any
+S3-compatible store (REFUND_REGISTRY=s3://bucket/prefix, AWS_* variables as for the batch job):
+
+    models/<version>/model-store/refund-classifier.mar   what TorchServe (or KServe's storageUri) loads
+    models/<version>/model.pt, model.json, metrics.json, model_card.md, ...   weights and evidence
+    models/production.json   the production version, the versions it replaced, every decision
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+import obstore
+from batch_job.store import open_store, read_object
+from obstore.store import ObjectStore
+
+from training import evaluate
+
+MAR_NAME = "refund-classifier.mar"
+MAR_KEY = f"model-store/{MAR_NAME}"  # KServe's TorchServe runtime expects this layout under storageUri
+PRODUCTION = "production.json"
+MODEL_FILES = (
+    "model.pt",
+    "model.json",
+    "index_to_name.json",
+    "metrics.json",
+    "model_card.md",
+    "history.json",
+    "args.json",
+    "confusion_matrix.png",
+    "training_curve.png",
+)
+# Written by train.py; the rest of MODEL_FILES are evidence and may be missing from older models.
+REQUIRED_FILES = ("model.pt", "model.json", "index_to_name.json", "metrics.json")
+GATE_METRICS = ("macro_f1", "accuracy")
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done as asked; the message says why."""
+
+
+class Registry:
+    def __init__(self, store: ObjectStore, prefix: str = "models/") -> None:
+        self.store = store
+        self.prefix = prefix.rstrip("/") + "/"
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + "/".join(parts)
+
+    def versions(self) -> list[str]:
+        """Published versions, oldest first (versions are UTC timestamps: they sort by time)."""
+        listing = obstore.list_with_delimiter(self.store, self.prefix.rstrip("/"))
+        found = (PurePosixPath(folder).name for folder in listing["common_prefixes"])
+        return sorted(version for version in found if self._exists(self.key(version, MAR_KEY)))
+
+    def _exists(self, key: str) -> bool:
+        try:
+            obstore.head(self.store, key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def resolve(self, name: str) -> str:
+        """A version by name: itself, `latest` (newest published) or `production`."""
+        if name == "production":
+            version = self.state()["version"]
+            if version is None:
+                raise RegistryError("no model is in production yet: promote one first")
+            return version
+        if name == "latest":
+            versions = self.versions()
+            if not versions:
+                raise RegistryError("the registry holds no model: publish one first")
+            return versions[-1]
+        published = self.versions()
+        if name not in published:
+            raise RegistryError(f"no version {name!r} in the registry; published: {', '.join(published) or 'none'}")
+        return name
+
+    def publish(self, model_dir: Path, mar: Path) -> str:
+        """Uploads the model's files and its .mar under models/<version>/; a version is never overwritten."""
+        missing = [str(path) for path in [*(model_dir / name for name in REQUIRED_FILES), mar] if not path.is_file()]
+        if missing:
+            raise RegistryError(f"cannot publish {model_dir}: missing {', '.join(missing)}")
+        version = json.loads((model_dir / "model.json").read_text())["version"]
+        if version in self.versions():
+            raise RegistryError(f"version {version} is already published; versions are immutable")
+        for name in MODEL_FILES:
+            if (model_dir / name).is_file():
+                obstore.put(self.store, self.key(version, name), (model_dir / name).read_bytes())
+        # The .mar last: a version counts as published (versions()) only once it is complete.
+        obstore.put(self.store, self.key(version, MAR_KEY), mar.read_bytes())
+        return version
+
+    def download(self, version: str, destination: Path) -> Path:
+        """The version's model files into destination (for evaluation); returns destination."""
+        destination.mkdir(parents=True, exist_ok=True)
+        for name in MODEL_FILES:
+            key = self.key(version, name)
+            if name in REQUIRED_FILES or self._exists(key):
+                (destination / name).write_bytes(read_object(self.store, key))
+        return destination
+
+    def fetch_mar(self, version: str, model_store: Path) -> Path:
+        """The version's .mar as model_store/refund-classifier.mar, for TorchServe's --model-store."""
+        model_store.mkdir(parents=True, exist_ok=True)
+        partial = model_store / f".{MAR_NAME}.partial"
+        partial.write_bytes(read_object(self.store, self.key(version, MAR_KEY)))
+        return partial.replace(model_store / MAR_NAME)
+
+    def state(self) -> dict:
+        """production.json: {"version", "previous": [older productions, newest last], "history": [...]}."""
+        try:
+            return json.loads(read_object(self.store, self.key(PRODUCTION)))
+        except FileNotFoundError:
+            return {"version": None, "previous": [], "history": []}
+
+    def save_state(self, state: dict) -> None:
+        obstore.put(self.store, self.key(PRODUCTION), json.dumps(state, indent=1).encode())
+
+
+@dataclass(frozen=True)
+class Decision:
+    candidate: str
+    production: str | None
+    promoted: bool
+    reason: str
+    candidate_scores: dict[str, float]
+    production_scores: dict[str, float] | None
+
+
+def _scores(registry: Registry, version: str, prepared: Path, workdir: Path) -> dict[str, float]:
+    model_dir = registry.download(version, workdir / version)
+    report = evaluate.evaluate(model_dir, evaluate.split_items(model_dir, prepared, "test"))
+    return {name: report[name] for name in GATE_METRICS}
+
+
+def promote(
+    registry: Registry, candidate: str, prepared: Path, metric: str = "macro_f1", min_gain: float = 0.0
+) -> Decision:
+    """Puts candidate into production if it beats production on `metric` by more than min_gain,
+    both scored now, in-process, on the test split of `prepared`. Records the decision either way."""
+    state = registry.state()
+    current = state["version"]
+    with tempfile.TemporaryDirectory() as workdir:
+        ours = _scores(registry, candidate, prepared, Path(workdir))
+        theirs = _scores(registry, current, prepared, Path(workdir)) if current and current != candidate else None
+    if current == candidate:
+        promoted, reason = False, f"{candidate} is already in production"
+    elif theirs is None:
+        promoted, reason = True, f"no model in production yet; {candidate} has {metric} {ours[metric]:.4f}"
+    else:
+        gain = ours[metric] - theirs[metric]
+        promoted = gain > min_gain
+        verdict = "beats" if promoted else "does not beat"
+        reason = (
+            f"{candidate} {verdict} production {current} on the test split of {prepared}: "
+            f"{metric} {ours[metric]:.4f} vs {theirs[metric]:.4f} (gain {gain:+.4f}, required > {min_gain:+.4f})"
+        )
+    decision = Decision(candidate, current, promoted, reason, ours, theirs)
+    if promoted:
+        state["previous"] = [*state["previous"], current] if current else state["previous"]
+        state["version"] = candidate
+    state["history"].append({"at": datetime.now(UTC).isoformat(), "action": "promote", **asdict(decision)})
+    registry.save_state(state)
+    return decision
+
+
+def rollback(registry: Registry) -> tuple[str, str]:
+    """Production goes back to the model it replaced; returns (from, to)."""
+    state = registry.state()
+    if not state["previous"]:
+        raise RegistryError("nothing to roll back to: production has not replaced an earlier model")
+    current, state["version"] = state["version"], state["previous"].pop()
+    entry = {"at": datetime.now(UTC).isoformat(), "action": "rollback", "from": current, "to": state["version"]}
+    state["history"].append(entry)
+    registry.save_state(state)
+    return current, state["version"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get("REFUND_REGISTRY", "var/registry"),
+        help="folder or s3://bucket/prefix (env REFUND_REGISTRY, default var/registry)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    publish_cmd = commands.add_parser("publish", help="upload a trained model and its .mar as a new version")
+    publish_cmd.add_argument("--model", type=Path, default=Path("var/model"))
+    publish_cmd.add_argument("--mar", type=Path, default=Path("var/model-store") / MAR_NAME)
+    promote_cmd = commands.add_parser("promote", help="promote a version if it beats production (exit 1 if not)")
+    promote_cmd.add_argument("version", nargs="?", default="latest", help="a version or `latest` (default)")
+    promote_cmd.add_argument("--prepared", type=Path, default=Path("var/data"), help="whose test split decides")
+    promote_cmd.add_argument("--metric", choices=GATE_METRICS, default="macro_f1")
+    promote_cmd.add_argument("--min-gain", type=float, default=0.0, help="required improvement (default: any)")
+    commands.add_parser("rollback", help="put the previous production model back")
+    fetch_cmd = commands.add_parser("fetch", help="download a version's .mar into a TorchServe model store")
+    fetch_cmd.add_argument("version", help="a version, `production` or `latest`")
+    fetch_cmd.add_argument("--out", type=Path, required=True, help="model store folder")
+    commands.add_parser("list", help="published versions, their test metrics, and which is in production")
+    args = parser.parse_args(argv)
+
+    registry = Registry(open_store(args.registry))
+    try:
+        if args.command == "publish":
+            print(f"published {registry.publish(args.model, args.mar)} to {args.registry}")
+        elif args.command == "promote":
+            decision = promote(registry, registry.resolve(args.version), args.prepared, args.metric, args.min_gain)
+            print(("promoted: " if decision.promoted else "refused: ") + decision.reason)
+            return 0 if decision.promoted else 1
+        elif args.command == "rollback":
+            old, new = rollback(registry)
+            print(f"rolled back: production is {new} again (was {old})")
+        elif args.command == "fetch":
+            version = registry.resolve(args.version)
+            print(f"{version}: {registry.fetch_mar(version, args.out)}")
+        else:
+            production = registry.state()["version"]
+            for version in registry.versions():
+                metrics = json.loads(read_object(registry.store, registry.key(version, "metrics.json")))
+                marker = "  <- production" if version == production else ""
+                print(f"{version}  accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}{marker}")
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
