@@ -48,7 +48,7 @@ var/data/manifest.csv: | $(VENV)/.installed
 train: $(MODEL_DIR)/model.pt  ## train the ResNet if no model exists (quick settings: EPOCHS, MAX_PER_CLASS)
 
 $(MODEL_DIR)/model.pt: | var/data/manifest.csv
-	$(PY) -m training.train --prepared var/data --out $(MODEL_DIR) --epochs $(EPOCHS) \
+	$(PY) -m training.train --prepared var/data --out $(MODEL_DIR) --epochs $(EPOCHS) --eval-photos $(SAMPLE) \
 		$(if $(MAX_PER_CLASS),--max-per-class $(MAX_PER_CLASS)) $(TRAIN_ARGS)
 
 archive: $(MAR)  ## package weights, labels and handler as refund-classifier.mar

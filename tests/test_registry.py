@@ -102,20 +102,3 @@ def test_publish_refuses_an_incomplete_model_and_a_second_upload_of_a_version(
     assert cli(location, "fetch", "no-such-version", "--out", str(tmp_path / "serve")) == 2
     assert "no version 'no-such-version'" in capsys.readouterr().err
     assert cli(location, "fetch", "production", "--out", str(tmp_path / "serve")) == 2
-
-
-def test_promotion_needs_the_same_classes(trained_model, tmp_path):
-    other = tmp_path / "prepared"
-    other.mkdir()
-    (other / "dataset.json").write_text(json.dumps({"classes": ["Tshirts", "Tops"], "data_root": str(tmp_path)}))
-    with pytest.raises(ValueError, match="other classes"):
-        evaluate.split_items(trained_model, other, "test")
-
-
-def test_evaluate_on_labelled_photos_leaves_out_unknown_missing_and_corrupt_ones(trained_model, kaggle_dataset):
-    items, left_out = evaluate.photo_items(trained_model, kaggle_dataset, "articleType")
-    assert (len(items), left_out) == (90, 3)  # the "Rare" class, a missing and a corrupt image
-    report = evaluate.main(["--model", str(trained_model), "--photos", str(kaggle_dataset)])
-    assert report["accuracy"] == pytest.approx(
-        sum(report["per_class"][name]["recall"] for name in report["per_class"]) / 3
-    )

@@ -19,8 +19,19 @@ from torch.utils.data import DataLoader
 from handlers.network import build_model
 from handlers.presets import ClassificationPresetEval, InvalidImageError, PresetConfig, decode_image
 from training.catalog import ImageSource, read_styles
+from training.dataset import EncodedImages, load_split
 from training.metrics import classification_report
-from training.train import EncodedImages, load_split, predict_logits
+from training.model_card import rewrite_model_card
+
+
+@torch.inference_mode()
+def predict_logits(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    logits, targets = [], []
+    for images, batch_targets in loader:
+        logits.append(model(images.contiguous(memory_format=torch.channels_last)))
+        targets.append(batch_targets)
+    return torch.cat(logits), torch.cat(targets)
 
 
 def load_classes(model_dir: Path) -> list[str]:
@@ -71,6 +82,23 @@ def evaluate(model_dir: Path, items: list[tuple[bytes, int]], batch_size: int = 
     return classification_report(targets.numpy(), logits.argmax(1).numpy(), classes)
 
 
+def record_photos(model_dir: Path, photos: Path, label_column: str) -> dict:
+    """Scores the model on labelled photos and adds the figures to its metrics.json and model card."""
+    items, left_out = photo_items(model_dir, photos, label_column)
+    report = evaluate(model_dir, items)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    metrics["photos"] = {
+        "source": str(photos),
+        "images": len(items),
+        "left_out": left_out,
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+    }
+    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    rewrite_model_card(model_dir)
+    return metrics["photos"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("var/model"), help="(default: var/model)")
@@ -79,7 +107,15 @@ def main(argv: list[str] | None = None) -> dict:
     source.add_argument("--photos", type=Path, help="labelled photos instead: styles.csv + images/")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
     parser.add_argument("--label-column", default="articleType", help="of --photos' styles.csv")
+    parser.add_argument("--record", action="store_true", help="with --photos: add the figures to the model card")
     args = parser.parse_args(argv)
+    if args.photos and args.record:
+        recorded = record_photos(args.model, args.photos, args.label_column)
+        print(
+            f"{args.model} on {args.photos}: {recorded['images']} images, accuracy {recorded['accuracy']:.3f}, "
+            f"macro-F1 {recorded['macro_f1']:.3f}; recorded in metrics.json and model_card.md"
+        )
+        return recorded
     if args.photos:
         items, left_out = photo_items(args.model, args.photos, args.label_column)
         what = f"{args.photos} ({left_out} photos of unknown categories or missing left out)"

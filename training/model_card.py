@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,32 @@ def top_confusions(matrix: np.ndarray, classes: list[str], count: int) -> list[t
         for t, p in order
         if off_diagonal[t, p] > 0
     ]
+
+
+def _photos_lines(metrics: dict) -> list[str]:
+    """Figures on labelled photos outside the catalogue (training.evaluate --photos --record)."""
+    if "photos" not in metrics:
+        return []
+    photos = metrics["photos"]
+    gap = photos["accuracy"] - metrics["accuracy"]
+    return [
+        f"- on {photos['images']} labelled photos of other products (`{photos['source']}`, {photos['left_out']} "
+        f"of unknown categories left out): accuracy **{photos['accuracy']:.3f}** ({gap:+.3f} against the test "
+        f"split), macro-F1 {photos['macro_f1']:.3f}"
+    ]
+
+
+def rewrite_model_card(model_dir: Path) -> None:
+    """The card again from the files beside it, e.g. after metrics.json gained figures."""
+    args = json.loads((model_dir / "args.json").read_text())
+    write_model_card(
+        model_dir / "model_card.md",
+        json.loads((Path(args["prepared"]) / "dataset.json").read_text()),
+        json.loads((model_dir / "metrics.json").read_text()),
+        json.loads((model_dir / "model.json").read_text()),
+        json.loads((model_dir / "history.json").read_text()),
+        args,
+    )
 
 
 def write_model_card(path: Path, dataset: dict, metrics: dict, meta: dict, history: list[dict], args: dict) -> None:
@@ -47,6 +74,7 @@ def write_model_card(path: Path, dataset: dict, metrics: dict, meta: dict, histo
         f"{metrics['auto_sort']['target_precision']:.0%} precision): auto-sorts {auto['auto_sort_rate']:.1%} of test "
         f"at precision {auto['auto_sort_precision'] or 0:.3f}",
         f"- training time {metrics['training_seconds'] / 60:.1f} min on the CPU",
+        *_photos_lines(metrics),
         "",
         "![confusion matrix](confusion_matrix.png) ![training curve](training_curve.png)",
         "",

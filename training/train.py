@@ -10,23 +10,23 @@ history.json, args.json, confusion_matrix.png and training_curve.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import random
 import time
-from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from handlers.network import ARCHITECTURES, build_model
 from handlers.presets import ClassificationPresetEval, ClassificationPresetTrain, PresetConfig
 from training.catalog import ImageSource
+from training.dataset import EncodedImages, load_split
+from training.evaluate import predict_logits, record_photos
 from training.metrics import (
     auto_sort_report,
     choose_review_threshold,
@@ -35,39 +35,6 @@ from training.metrics import (
     plot_training_curve,
 )
 from training.model_card import write_model_card
-
-
-class EncodedImages(Dataset):
-    """(JPEG bytes, class index) pairs held in memory; decoded by the preset per access."""
-
-    def __init__(self, items: list[tuple[bytes, int]], transform) -> None:
-        self.items = items
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        data, target = self.items[index]
-        return self.transform(data), target
-
-
-def load_split(
-    prepared: Path, split: str, classes: list[str], source: ImageSource, max_per_class: int | None
-) -> list[tuple[bytes, int]]:
-    """The split's images as bytes; at most `max_per_class` per class (manifest order is stable)."""
-    index_of = {name: i for i, name in enumerate(classes)}
-    taken: dict[str, int] = defaultdict(int)
-    items = []
-    with (prepared / "manifest.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["split"] != split or (max_per_class and taken[row["label"]] >= max_per_class):
-                continue
-            data = source.read(row["id"])
-            if data is not None:  # prepare already verified it; a file removed since is skipped
-                taken[row["label"]] += 1
-                items.append((data, index_of[row["label"]]))
-    return items
 
 
 def save_atomically(state: dict, path: Path) -> None:
@@ -99,16 +66,6 @@ def train_one_epoch(model, loader, optimizer, scheduler, criterion, description:
         count += len(targets)
         progress.set_postfix(loss=f"{total / count:.3f}")
     return total / max(1, count)
-
-
-@torch.inference_mode()
-def predict_logits(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    logits, targets = [], []
-    for images, batch_targets in loader:
-        logits.append(model(images.contiguous(memory_format=torch.channels_last)))
-        targets.append(batch_targets)
-    return torch.cat(logits), torch.cat(targets)
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -160,6 +117,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
     parser.add_argument(
+        "--eval-photos",
+        type=Path,
+        help="also score the model on these labelled photos (styles.csv + images/) and put that in the card",
+    )
+    parser.add_argument(
+        "--no-augment", action="store_true", help="train on the eval preset alone (no crops, flips, jitter)"
+    )
+    parser.add_argument(
         "--height", type=int, default=80, help="model input height in pixels (default: 80, the catalogue's)"
     )
     parser.add_argument("--width", type=int, default=60, help="model input width in pixels (default: 60)")
@@ -201,8 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
         "num_workers": args.workers,
         "persistent_workers": args.workers > 0,
     }
+    train_preset = ClassificationPresetEval(preset) if args.no_augment else ClassificationPresetTrain(preset)
     train_loader = DataLoader(
-        EncodedImages(train_items, ClassificationPresetTrain(preset)),
+        EncodedImages(train_items, train_preset),
         shuffle=True,
         drop_last=len(train_items) > args.batch_size,
         generator=generator,
@@ -325,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
         history,
         vars(args),
     )
+    if args.eval_photos:
+        photos = metrics["photos"] = record_photos(args.out, args.eval_photos, dataset_info["label_column"])
+        print(f"{args.eval_photos}: accuracy {photos['accuracy']:.3f} on {photos['images']} photos")
     print(
         f"test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
         f"ECE {metrics['calibration']['test_ece_before']:.3f} -> {metrics['calibration']['test_ece_after']:.3f} "
