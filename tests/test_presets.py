@@ -17,6 +17,7 @@ from handlers.presets import (
     ClassificationPresetTrain,
     InvalidImageError,
     PresetConfig,
+    RandomBackdrop,
     decode_image,
     fit_to_input,
     to_tensor,
@@ -41,6 +42,17 @@ def test_train_preset_matches_eval_shape_and_varies():
     first, second = preset(data), preset(data)
     assert first.shape == (3, CONFIG.height, CONFIG.width)
     assert not torch.equal(first, second)
+
+
+def test_random_backdrop_shades_the_white_background_and_keeps_the_product():
+    image = Image.new("RGB", (60, 80), "white")
+    image.paste((200, 30, 30), (20, 30, 40, 50))
+    torch.manual_seed(0)
+    pixels = np.asarray(RandomBackdrop(p=1.0, levels=(150, 200))(image)).astype(int)
+    corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners <= 200 + 8 + 12).all() and (corners >= 150 - 8 - 12).all()
+    assert (pixels[30:50, 20:40] == (200, 30, 30)).all()  # the product is untouched
+    assert RandomBackdrop(p=0.0)(image) is image
 
 
 @pytest.mark.parametrize(
