@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
@@ -317,3 +319,16 @@ def test_stable_shard_hash():
     assert job.shard_of("inbox/2026-11-23/500.jpg", 4) == job.shard_of("inbox/2026-11-23/500.jpg", 4)
     spread = Counter(job.shard_of(f"inbox/{date(2026, 11, 23)}/{i}.jpg", 4) for i in range(4000))
     assert set(spread) == {0, 1, 2, 3} and min(spread.values()) > 900
+
+
+def test_shards_starting_together_on_a_fresh_database_all_get_their_tables(backend):
+    """Every pod of an Indexed Job opens the ledger at once; racing CREATE TABLEs must not fail any."""
+    database_url = backend(None).database_url
+    barrier = threading.Barrier(6)
+
+    def open_ledger() -> int:
+        barrier.wait()
+        return len(Ledger(database_url).results())
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(lambda _: open_ledger(), range(6))) == [0] * 6
