@@ -10,8 +10,8 @@ SAMPLE ?= $(DATASETS)/returns-photos-sample
 STORE ?= var/store
 DATABASE_URL ?= sqlite:///var/results.db
 # Quick training for the demo: minutes on 2 CPU cores. Drop MAX_PER_CLASS for a full run.
-EPOCHS ?= 4
-MAX_PER_CLASS ?= 150
+EPOCHS ?= 5
+MAX_PER_CLASS ?= 400
 TRAIN_ARGS ?=
 
 MODEL_DIR := var/model
