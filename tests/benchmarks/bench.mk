@@ -12,7 +12,7 @@ USERS ?= 32
 SECONDS ?= 60
 LOADTEST_ARGS ?=
 
-.PHONY: bench loadtest
+.PHONY: bench loadtest bench-training
 
 bench: venv archive  ## in-process bound, TorchServe and a naive server on the sample photos (BENCH_SECONDS)
 	$(PY) -m tests.benchmarks.bench_serving --sample $(SAMPLE) --model-dir $(MODEL_DIR) \
@@ -21,3 +21,6 @@ bench: venv archive  ## in-process bound, TorchServe and a naive server on the s
 loadtest: venv archive  ## locust load test against the local TorchServe (USERS, SECONDS); reports in var/loadtest/
 	$(PY) -m tests.benchmarks.locustfile --users $(USERS) --seconds $(SECONDS) --sample $(SAMPLE) \
 		--model-store $(dir $(MAR)) --out var/loadtest $(LOADTEST_ARGS)
+
+bench-training: venv  ## training step with and without channels-last (images/s)
+	$(PY) -m tests.benchmarks.bench_training
