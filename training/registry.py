@@ -67,7 +67,11 @@ class Registry:
         """Published versions, oldest first (versions are UTC timestamps: they sort by time)."""
         listing = obstore.list_with_delimiter(self.store, self.prefix.rstrip("/"))
         found = (PurePosixPath(folder).name for folder in listing["common_prefixes"])
-        return sorted(version for version in found if self._exists(self.key(version, MAR_KEY)))
+        return sorted(version for version in found if self.is_published(version))
+
+    def is_published(self, version: str) -> bool:
+        """A version exists once its .mar, uploaded last, is there."""
+        return self._exists(self.key(version, MAR_KEY))
 
     def _exists(self, key: str) -> bool:
         try:
@@ -88,9 +92,9 @@ class Registry:
             if not versions:
                 raise RegistryError("the registry holds no model: publish one first")
             return versions[-1]
-        published = self.versions()
-        if name not in published:
-            raise RegistryError(f"no version {name!r} in the registry; published: {', '.join(published) or 'none'}")
+        if not self.is_published(name):
+            published = ", ".join(self.versions()) or "none"
+            raise RegistryError(f"no version {name!r} in the registry; published: {published}")
         return name
 
     def publish(self, model_dir: Path, mar: Path) -> str:
@@ -99,12 +103,12 @@ class Registry:
         if missing:
             raise RegistryError(f"cannot publish {model_dir}: missing {', '.join(missing)}")
         version = json.loads((model_dir / "model.json").read_text())["version"]
-        if version in self.versions():
+        if self.is_published(version):
             raise RegistryError(f"version {version} is already published; versions are immutable")
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
                 obstore.put(self.store, self.key(version, name), (model_dir / name).read_bytes())
-        # The .mar last: a version counts as published (versions()) only once it is complete.
+        # The .mar last: a version counts as published (is_published) only once it is complete.
         obstore.put(self.store, self.key(version, MAR_KEY), mar.read_bytes())
         return version
 
