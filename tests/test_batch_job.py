@@ -22,7 +22,7 @@ from batch_job.__main__ import main
 from batch_job.ledger import DEAD, FAILED, FINAL, NEEDS_REVIEW, OK, PENDING, Ledger, Outcome
 from batch_job.night import nightly
 from batch_job.settings import Settings
-from batch_job.store import StoredObject, open_store
+from common.objectstore import StoredObject, open_store
 
 from handlers import serve
 from tests.conftest import free_ports

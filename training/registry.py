@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import obstore
-from batch_job.store import open_store, read_object
+from common.objectstore import open_store, read_object
 from obstore.store import ObjectStore
 
 from training import evaluate

@@ -25,7 +25,7 @@ from batch_job.logs import configure
 from batch_job.night import nightly
 from batch_job.report import accuracy_report, category_summary, load_classes, read_labels
 from batch_job.settings import Settings
-from batch_job.store import open_store
+from common.objectstore import open_store
 
 log = logging.getLogger("refund-batch")
 

@@ -10,7 +10,7 @@ from obstore.store import ObjectStore
 from PIL import Image
 
 from batch_job.ledger import NEEDS_REVIEW, Result
-from batch_job.store import read_object
+from common.objectstore import read_object
 
 MAX_THUMBNAILS = 200
 THUMBNAIL = (96, 128)

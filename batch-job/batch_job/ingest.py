@@ -12,7 +12,8 @@ from pathlib import Path
 from obstore.store import ObjectStore
 from PIL import Image
 
-from batch_job.store import inbox_key, put_object
+from batch_job.store import inbox_key
+from common.objectstore import put_object
 
 
 @dataclass

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from batch_job.client import ServedModel, TorchServeClient
 from batch_job.ledger import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING, Ledger, Outcome, Result
 from batch_job.settings import Settings
-from batch_job.store import list_inbox, listing_start, open_store, partition_of, read_object, route_object
+from batch_job.store import list_inbox, listing_start, partition_of, route_object
+from common.objectstore import open_store, read_object
 
 COMMIT_EVERY = 64  # results per transaction: few commits, little redone after a crash
 log = logging.getLogger("refund-batch")

@@ -38,7 +38,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from batch_job.store import StoredObject
+from common.objectstore import StoredObject
 
 PENDING, OK, NEEDS_REVIEW, FAILED, DEAD = "pending", "ok", "needs_review", "failed", "dead"
 FINAL = (OK, NEEDS_REVIEW, FAILED, DEAD)

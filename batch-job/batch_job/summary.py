@@ -11,7 +11,7 @@ from batch_job.drift import drift_report
 from batch_job.job import RunStats
 from batch_job.ledger import FINAL, NEEDS_REVIEW, OK, Result
 from batch_job.settings import Settings
-from batch_job.store import put_object
+from common.objectstore import put_object
 
 HISTOGRAM_BINS = 10
 

@@ -26,7 +26,8 @@ import obstore
 from batch_job.ledger import Ledger
 from batch_job.night import nightly
 from batch_job.settings import Settings
-from batch_job.store import list_inbox, list_objects, listing_start, open_store
+from batch_job.store import list_inbox, listing_start
+from common.objectstore import list_objects, open_store
 
 from handlers import serve
 from tests.servers import free_port, s3_server

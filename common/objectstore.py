@@ -1,0 +1,56 @@
+"""Object-store access for training (the model registry) and the nightly job (photos, reports).
+
+A local folder by default, any S3-compatible store in production: obstore gives one API over both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+import obstore
+from obstore.store import LocalStore, ObjectStore, from_url
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    last_modified: datetime
+    etag: str | None
+
+    @property
+    def identity(self) -> str:
+        """Changes when the object is replaced: the ETag, else size and modification time."""
+        return self.etag or f"{self.size}:{self.last_modified.isoformat()}"
+
+
+def open_store(location: str) -> ObjectStore:
+    """A folder path, or a URL obstore understands (s3://bucket/prefix, file:///...)."""
+    if "://" in location:
+        return from_url(location)
+    folder = Path(location).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return LocalStore(folder)
+
+
+def visible(key: str) -> bool:
+    return not PurePosixPath(key).name.startswith(".")  # .DS_Store, upload temp files
+
+
+def list_objects(store: ObjectStore, prefix: str) -> Iterator[StoredObject]:
+    """Every visible object under prefix (obstore's local listing is unsorted)."""
+    for page in obstore.list(store, prefix=prefix, chunk_size=1000):
+        for meta in page:
+            if visible(meta["path"]):
+                yield StoredObject(meta["path"], meta["size"], meta["last_modified"], meta.get("e_tag"))
+
+
+def read_object(store: ObjectStore, key: str) -> bytes:
+    return bytes(obstore.get(store, key).bytes())
+
+
+def put_object(store: ObjectStore, key: str, data: bytes) -> None:
+    obstore.put(store, key, data)
