@@ -3,6 +3,7 @@
     python -m batch_job ingest PHOTO_OR_FOLDER...   # put desk photos into inbox/<today>/
     python -m batch_job run                         # classify what is new, publish runs/<id>/
     python -m batch_job report [--labels styles.csv --classes index_to_name.json]
+    python -m batch_job migrate                     # bring the results store's schema to the newest
 
 Exit codes of `run`: 0 done; 1 failed, dead-lettered and left-pending images exceed
 --max-failure-rate; 2 TorchServe could not be reached (nothing was claimed).
@@ -18,6 +19,9 @@ import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from sqlalchemy import create_engine
+
+from batch_job import migrate
 from batch_job.client import ServingUnavailable
 from batch_job.ingest import ingest
 from batch_job.ledger import Ledger
@@ -102,6 +106,17 @@ def ingest_command(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if report.refused else 0
 
 
+def migrate_command(settings: Settings) -> int:
+    """`run` migrates too; this is for upgrading before a deployment, or checking where a database is."""
+    engine = create_engine(settings.database_url)
+    before = migrate.upgrade(engine)
+    with engine.connect() as connection:
+        after = migrate.current_revision(connection)
+    engine.dispose()
+    print(f"results store at revision {after} (was {before or 'empty'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="refund-batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ingest_parser.add_argument(
         "--date", type=date.fromisoformat, default=datetime.now(UTC).date(), help="partition (default: today, UTC)"
     )
-    for sub in (run_parser, report_parser, ingest_parser):
+    migrate_parser = commands.add_parser("migrate", help="upgrade the results store's schema to the newest revision")
+    for sub in (run_parser, report_parser, ingest_parser, migrate_parser):
         Settings.add_arguments(sub)
     args = parser.parse_args(argv)
     settings = Settings.from_args(args)
@@ -127,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(settings, args.lock_file)
     if args.command == "ingest":
         return ingest_command(settings, args)
+    if args.command == "migrate":
+        return migrate_command(settings)
     return report_command(settings, args)
 
 

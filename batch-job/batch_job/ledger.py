@@ -11,7 +11,6 @@ run that holds the claim.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -35,9 +34,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from batch_job import migrate
 from common.objectstore import StoredObject
 
 PENDING, OK, NEEDS_REVIEW, FAILED, DEAD = "pending", "ok", "needs_review", "failed", "dead"
@@ -121,20 +120,8 @@ class Ledger:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             options = {"connect_args": {"timeout": 60}}  # concurrent runs wait for SQLite's write lock
         self.engine = create_engine(url, **options)
-        self._create_tables()
+        migrate.upgrade(self.engine)
         self._insert = postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-
-    def _create_tables(self, attempts: int = 3) -> None:
-        """Shards of an Indexed Job start together; on a fresh database two may race to create
-        a table, and the loser's CREATE fails. Its retry finds the table there and moves on."""
-        for attempt in range(1, attempts + 1):
-            try:
-                Base.metadata.create_all(self.engine)
-                return
-            except DBAPIError:
-                if attempt == attempts:
-                    raise
-                time.sleep(0.2 * attempt)
 
     # -- runs -----------------------------------------------------------------------------
 

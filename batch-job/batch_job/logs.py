@@ -27,3 +27,4 @@ def configure() -> None:
         handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the night's log
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrate logs what changed in one line
