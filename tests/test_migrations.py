@@ -12,8 +12,9 @@ import pytest
 from alembic.script import ScriptDirectory
 from batch_job import migrate
 from batch_job.ledger import OK, PENDING, Ledger
-from common.objectstore import StoredObject
 from sqlalchemy import create_engine, text
+
+from common.objectstore import StoredObject
 
 REPO = Path(__file__).resolve().parent.parent
 
