@@ -40,7 +40,8 @@ from batch_job import migrate
 from common.objectstore import StoredObject
 
 PENDING, OK, NEEDS_REVIEW, FAILED, DEAD = "pending", "ok", "needs_review", "failed", "dead"
-FINAL = (OK, NEEDS_REVIEW, FAILED, DEAD)
+REVIEWED, UNUSABLE = "reviewed", "unusable"  # a reviewer's decision on a needs_review item (batch_job.review)
+FINAL = (OK, NEEDS_REVIEW, FAILED, DEAD, REVIEWED, UNUSABLE)
 CHUNK = 500  # keys per IN (...) clause: well under every database's parameter limit
 
 
@@ -80,6 +81,10 @@ class Result(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     latency_ms: Mapped[float | None] = mapped_column(Float)
+    # The review page's decision (revision 0002); category/probability/top3 keep the model's answer.
+    final_category: Mapped[str | None] = mapped_column(String(128))
+    reviewed_by: Mapped[str | None] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class Run(Base):
