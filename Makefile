@@ -36,9 +36,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-sysdeps:  ## install Java 17 (TorchServe) and PostgreSQL 15 (tests) with apt, only where missing
+sysdeps:  ## install Java 17 (TorchServe), PostgreSQL 15 and Chromium + chromedriver (tests) with apt, where missing
 	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
 	@test -x /usr/lib/postgresql/15/bin/postgres || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15; }
+	@test -x /usr/bin/chromedriver || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 data: var/data/manifest.csv  ## filter classes, skip bad images, write the stratified split
 

@@ -28,6 +28,7 @@ from batch_job.ledger import Ledger
 from batch_job.logs import configure
 from batch_job.night import nightly
 from batch_job.report import accuracy_report, category_summary, load_classes, read_labels
+from batch_job.review import cli as review_cli
 from batch_job.settings import Settings
 from common.objectstore import open_store
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "--date", type=date.fromisoformat, default=datetime.now(UTC).date(), help="partition (default: today, UTC)"
     )
     migrate_parser = commands.add_parser("migrate", help="upgrade the results store's schema to the newest revision")
-    for sub in (run_parser, report_parser, ingest_parser, migrate_parser):
+    for sub in (run_parser, report_parser, ingest_parser, migrate_parser, *review_cli.add_commands(commands)):
         Settings.add_arguments(sub)
     args = parser.parse_args(argv)
     settings = Settings.from_args(args)
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return ingest_command(settings, args)
     if args.command == "migrate":
         return migrate_command(settings)
+    if args.command in review_cli.COMMANDS:
+        return review_cli.run(args.command, settings, args)
     return report_command(settings, args)
 
 

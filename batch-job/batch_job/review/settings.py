@@ -1,0 +1,66 @@
+"""The review app's settings: flags whose defaults come from REFUND_REVIEW_* environment
+variables (the Helm chart sets env, a person types flags). Store, database and routing are
+the nightly job's own settings (batch_job.settings), so both always agree on them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ENV_PREFIX = "REFUND_REVIEW_"
+HELP = {
+    "host": "address to listen on; keep loopback unless a proxy or the cluster network is in front",
+    "port": "port to listen on",
+    "users_file": "reviewers: `name:argon2-hash` lines (refund-batch review-passwd NAME), e.g. a mounted Secret",
+    "secret_file": "file holding the key that signs session cookies (a Secret); empty: a random key per start",
+    "user_header": "trust this header as the reviewer's name (set only behind an auth proxy, e.g. X-Forwarded-User)",
+    "classes": "the model's index_to_name.json; empty: the categories the results store has seen",
+    "page_size": "items per queue page",
+    "secure_cookies": "send the session cookie over HTTPS only (1 behind TLS, as in the chart)",
+    "thumbnails_prefix": "where thumbnails are kept in the store",
+}
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    users_file: str = ""
+    secret_file: str = ""
+    user_header: str = ""
+    classes: str = ""
+    page_size: int = 50
+    secure_cookies: int = 0
+    thumbnails_prefix: str = "thumbnails/"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for field in fields(cls):
+            env = ENV_PREFIX + field.name.upper()
+            kind = type(field.default)
+            parser.add_argument(
+                "--" + field.name.replace("_", "-"),
+                type=kind,
+                default=kind(os.environ.get(env, field.default)),
+                help=f"{HELP[field.name]} (env {env}, default: {field.default!r})",
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ReviewSettings:
+        return cls(**{field.name: getattr(args, field.name) for field in fields(cls)})
+
+    def session_key(self) -> str:
+        if not self.secret_file:
+            return secrets.token_urlsafe(32)  # sessions end with the process; fine on one laptop
+        return Path(self.secret_file).read_text().strip()
+
+    def class_names(self) -> list[str] | None:
+        """The model's classes from index_to_name.json (or a JSON list); None when not configured."""
+        if not self.classes:
+            return None
+        names = json.loads(Path(self.classes).read_text())
+        return [names[str(index)] for index in range(len(names))] if isinstance(names, dict) else list(names)

@@ -1,0 +1,264 @@
+"""The review app over real HTTP (uvicorn on loopback): access, CSRF, decisions and their race,
+routing in the store, thumbnails, metrics, the schema revision, and export-labels.
+
+Decisions run on both backends: SQLite + a folder, and PostgreSQL 15 + an S3 server."""
+
+from __future__ import annotations
+
+import csv
+import re
+import threading
+
+import httpx
+import obstore
+import pytest
+from alembic import command
+from batch_job import migrate
+from batch_job.__main__ import main
+from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Ledger
+from batch_job.review.settings import ReviewSettings
+from batch_job.settings import Settings
+from sqlalchemy import create_engine, inspect
+
+from common.objectstore import list_objects, open_store, read_object
+from tests.review_support import (
+    CLASSES,
+    PASSWORDS,
+    Doubtful,
+    classes_file,
+    guesses,
+    review_app,
+    seed_night,
+    users_file,
+    utc,
+)
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture(params=["sqlite+folder", "postgresql+s3"])
+def settings(request, tmp_path) -> Settings:
+    if request.param == "sqlite+folder":
+        return Settings(
+            store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}", route="move"
+        )
+    store, database_url = request.getfixturevalue("s3_env").url(), request.getfixturevalue("postgres_url")
+    return Settings(store=store, database_url=database_url, route="move")
+
+
+@pytest.fixture
+def review(tmp_path) -> ReviewSettings:
+    return ReviewSettings(users_file=str(users_file(tmp_path)), classes=str(classes_file(tmp_path, CLASSES)))
+
+
+def logged_in(url: str, name: str) -> tuple[httpx.Client, str]:
+    """A client with a reviewer's session, and the CSRF token its forms carry."""
+    client = httpx.Client(base_url=url, timeout=30)
+    token = CSRF.search(client.get("/login").text).group(1)
+    answer = client.post("/login", data={"csrf": token, "username": name, "password": PASSWORDS[name]})
+    assert answer.status_code == 303, answer.text
+    return client, CSRF.search(client.get("/").text).group(1)
+
+
+def keys(settings: Settings, prefix: str) -> list[str]:
+    return sorted(obj.key for obj in list_objects(open_store(settings.store), prefix))
+
+
+def test_everything_but_health_needs_a_login(settings, review):
+    seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    with review_app(settings, review) as app, httpx.Client(base_url=app.url) as anonymous:
+        for path in ("/", "/photo/1", "/?night=2026-12-01"):
+            answer = anonymous.get(path)
+            assert (answer.status_code, answer.headers["location"]) == (303, "/login")
+        assert anonymous.post("/decide/1", data={"final": "Discs"}).status_code == 303
+        assert anonymous.get("/healthz").text == "ok"
+        assert anonymous.get("/readyz").status_code == 200
+        token = CSRF.search(anonymous.get("/login").text).group(1)
+        wrong = anonymous.post("/login", data={"csrf": token, "username": "alice", "password": "guess"})
+        assert wrong.status_code == 401 and "Wrong name or password" in wrong.text
+        nobody = anonymous.post("/login", data={"csrf": token, "username": "mallory", "password": "x"})
+        assert nobody.status_code == 401
+        assert anonymous.get("/").status_code == 303
+    assert Ledger(settings.database_url).results()[0].status == NEEDS_REVIEW
+
+
+def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(settings, review):
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        assert client.post(f"/decide/{item}", data={"final": "Discs"}).status_code == 403
+        assert client.post(f"/decide/{item}", data={"final": "Discs", "csrf": "forged"}).status_code == 403
+        other, _ = logged_in(app.url, "bob")  # another session's token is no good either
+        assert other.post(f"/decide/{item}", data={"final": "Discs", "csrf": token}).status_code == 403
+        assert client.post("/logout").status_code == 403
+        anonymous = httpx.Client(base_url=app.url)
+        assert anonymous.post("/login", data={"username": "alice", "password": PASSWORDS["alice"]}).status_code == 403
+    [row] = Ledger(settings.database_url).results()
+    assert (row.status, row.reviewed_by) == (NEEDS_REVIEW, None)
+    assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"]
+
+
+def test_pages_carry_a_strict_content_security_policy(settings, review):
+    seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    with review_app(settings, review) as app:
+        client, _ = logged_in(app.url, "alice")
+        page = client.get("/")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy and "unsafe-inline" not in policy
+    assert "<script>" not in page.text and " on" not in re.sub(r"<[^>]*>", "", page.text)[:0]  # no inline code
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/review.js" defer>']
+
+
+def test_a_decision_is_stored_with_the_model_answer_kept_and_the_photo_moved(settings, review):
+    first, second = seed_night(
+        settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0)), Doubtful("b.jpg", guesses(1))]
+    )
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        corrected = client.post(f"/decide/{first}", data={"final": "Rings", "csrf": token, "night": "2026-12-01"})
+        assert corrected.status_code == 303 and corrected.headers["location"].startswith("/?night=2026-12-01")
+        assert "sorted/Rings/2026-12-01/a.jpg" in client.get(corrected.headers["location"]).text
+        rejected = client.post(f"/decide/{second}", data={"unusable": "1", "csrf": token})
+        assert rejected.status_code == 303
+    rows = {row.id: row for row in Ledger(settings.database_url).results()}
+    assert (rows[first].status, rows[first].final_category, rows[first].reviewed_by) == (REVIEWED, "Rings", "alice")
+    assert (rows[first].category, rows[first].top3[0]["category"]) == (CLASSES[0], CLASSES[0])  # the model's answer
+    assert rows[first].reviewed_at is not None
+    assert (rows[second].status, rows[second].final_category) == (UNUSABLE, None)
+    assert keys(settings, "review/") == []
+    assert keys(settings, "sorted/") == ["sorted/Rings/2026-12-01/a.jpg"]
+    assert keys(settings, "unusable/") == ["unusable/2026-12-01/b.jpg"]
+
+
+def test_unknown_and_unsafe_class_names_are_refused(settings, tmp_path):
+    hostile = "../../etc"
+    review = ReviewSettings(
+        users_file=str(users_file(tmp_path)), classes=str(classes_file(tmp_path, [*CLASSES, hostile]))
+    )
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        unknown = client.post(
+            f"/decide/{item}", data={"final": "Toasters", "csrf": token}, headers={"x-review-fetch": "1"}
+        )
+        assert unknown.status_code == 400 and "is not one of the model&#39;s classes" in unknown.text
+        unsafe = client.post(f"/decide/{item}", data={"final": hostile, "csrf": token}, headers={"x-review-fetch": "1"})
+        assert unsafe.status_code == 400 and "cannot name a folder" in unsafe.text
+    [row] = Ledger(settings.database_url).results()
+    assert row.status == NEEDS_REVIEW
+    assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"]
+
+
+def test_two_reviewers_deciding_at_once_one_wins_the_other_is_told_nothing_moves_twice(settings, review):
+    items = seed_night(settings, utc(2026, 12, 1), [Doubtful(f"{n}.jpg", guesses(n)) for n in range(6)])
+    with review_app(settings, review) as app:
+        sessions = {name: logged_in(app.url, name) for name in ("alice", "bob")}
+        answers: dict[tuple[str, int], httpx.Response] = {}
+        start = threading.Barrier(2)
+
+        def work(name: str, final: str) -> None:
+            client, token = sessions[name]
+            start.wait()
+            for item in items:
+                answers[name, item] = client.post(
+                    f"/decide/{item}", data={"final": final, "csrf": token}, headers={"x-review-fetch": "1"}
+                )
+
+        threads = [threading.Thread(target=work, args=args) for args in (("alice", "Cones"), ("bob", "Rings"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    rows = {row.id: row for row in Ledger(settings.database_url).results()}
+    for item in items:
+        codes = {name: answers[name, item].status_code for name in ("alice", "bob")}
+        assert sorted(codes.values()) == [200, 409], codes
+        winner = rows[item].reviewed_by
+        loser = "bob" if winner == "alice" else "alice"
+        assert codes[winner] == 200
+        assert f'Already decided by <b class="first">{winner}</b>' in answers[loser, item].text
+    moved = keys(settings, "sorted/")
+    assert len(moved) == len(items) and keys(settings, "review/") == []
+    assert sorted(key.split("/")[1] for key in moved) == sorted(rows[item].final_category for item in items)
+
+
+def test_thumbnails_are_made_once_and_kept_in_the_store(settings, review):
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))], photo_size=(600, 800))
+    with review_app(settings, review) as app:
+        client, _ = logged_in(app.url, "alice")
+        first = client.get(f"/photo/{item}")
+        [thumbnail] = keys(settings, "thumbnails/")
+        obstore.delete(open_store(settings.store), "review/2026-12-01/a.jpg")  # the stored one is served now
+        again = client.get(f"/photo/{item}")
+        assert client.get("/photo/999999").status_code == 404
+    assert first.status_code == again.status_code == 200 and first.content == again.content
+    assert first.headers["content-type"] == "image/jpeg" and len(first.content) < 30_000
+    assert read_object(open_store(settings.store), thumbnail) == first.content
+
+
+def test_metrics_show_queue_age_decisions_and_agreement(settings, review):
+    items = seed_night(settings, utc(2026, 12, 1), [Doubtful(f"{n}.jpg", guesses(0)) for n in range(4)])
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        client.post(f"/decide/{items[0]}", data={"final": CLASSES[0], "csrf": token})  # agrees with top-1
+        client.post(f"/decide/{items[1]}", data={"final": CLASSES[1], "csrf": token})  # corrects it
+        metrics = httpx.get(f"{app.url}/metrics").text
+    assert "refund_review_queue_size 2.0" in metrics
+    age = float(re.search(r"^refund_review_oldest_waiting_seconds (\S+)$", metrics, re.M).group(1))
+    assert age > 0
+    assert re.search(r'^refund_review_decisions\{day="\d{4}-\d\d-\d\d"\} 2.0$', metrics, re.M)
+    assert f'refund_review_agreement_ratio{{category="{CLASSES[0]}"}} 0.5' in metrics
+    assert f'refund_review_reviewed_items{{category="{CLASSES[0]}"}} 2.0' in metrics
+
+
+def test_revision_0002_adds_the_decision_columns_and_keeps_rows(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(migrate.alembic_config(connection), "0001")
+        connection.exec_driver_sql(
+            "INSERT INTO results (object_key, identity, model_version, size, last_modified, status, category, "
+            "attempts, created_at) VALUES ('inbox/a.jpg', 'e1', 'v1', 10, '2026-12-01', 'needs_review', 'Discs', 1, "
+            "'2026-12-01')"
+        )
+    ledger = Ledger(url)
+    columns = {column["name"] for column in inspect(ledger.engine).get_columns("results")}
+    assert {"final_category", "reviewed_by", "reviewed_at"} <= columns
+    [row] = ledger.results()
+    assert (row.object_key, row.status, row.category, row.final_category) == (
+        "inbox/a.jpg",
+        NEEDS_REVIEW,
+        "Discs",
+        None,
+    )
+
+
+def test_export_labels_writes_the_kaggle_layout_without_unusable_items(settings, review, tmp_path, monkeypatch):
+    items = seed_night(settings, utc(2026, 12, 1), [Doubtful(f"{n}.jpg", guesses(n)) for n in range(3)])
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        client.post(f"/decide/{items[0]}", data={"final": "Boxes", "csrf": token})
+        client.post(f"/decide/{items[1]}", data={"unusable": "1", "csrf": token})
+    for name, value in {"STORE": settings.store, "DATABASE_URL": settings.database_url, "ROUTE": "move"}.items():
+        monkeypatch.setenv(f"REFUND_{name}", value)
+    out = tmp_path / "export"
+    assert main(["export-labels", "--out", str(out)]) == 0
+    with (out / "styles.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["id"], row["articleType"], row["reviewedBy"]) for row in rows] == [(f"r{items[0]}", "Boxes", "alice")]
+    assert (out / "images" / f"r{items[0]}.jpg").read_bytes() == read_object(
+        open_store(settings.store), "sorted/Boxes/2026-12-01/0.jpg"
+    )
+    assert sorted(path.name for path in (out / "images").iterdir()) == [f"r{items[0]}.jpg"]
+
+
+def test_review_passwd_prints_a_line_the_app_accepts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("pw-of-carol\n"))
+    assert main(["review-passwd", "carol"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("carol:$argon2id$")
+    from batch_job.review.auth import Reviewers
+
+    (tmp_path / "users").write_text(line + "\n")
+    reviewers = Reviewers.from_file(tmp_path / "users")
+    assert reviewers.verify("carol", "pw-of-carol") and not reviewers.verify("carol", "wrong")
