@@ -135,10 +135,10 @@ def test_a_store_of_the_previous_schema_is_upgraded_without_losing_a_row(databas
     assert finished.category == "Discs" and finished.top3 == [{"category": "Discs", "probability": 0.9}]
     assert ledger.newest_finished_partition("0/1").isoformat() == "2026-11-23"
     # The upgraded store keeps working: its pending rows are claimed, a new object registers once.
-    claimable = ledger.claimable("v1")
+    claimable = ledger.claimable()
     assert len(claimable) == 10
     new = StoredObject("inbox/2026-11-24/new.jpg", 5, datetime(2026, 11, 24, tzinfo=UTC), "etag-new")
-    assert ledger.register([new], "v1") == 1 and ledger.count_rows() == ROWS + 1
+    assert ledger.register([new]) == 1 and ledger.count_rows() == ROWS + 1
 
 
 def test_the_migrate_command_upgrades_and_is_idempotent(database_url):

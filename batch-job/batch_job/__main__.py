@@ -6,7 +6,8 @@
     python -m batch_job migrate                     # bring the results store's schema to the newest
 
 Exit codes of `run`: 0 done; 1 failed, dead-lettered and left-pending images exceed
---max-failure-rate; 2 TorchServe could not be reached (nothing was claimed).
+--max-failure-rate; 2 TorchServe could not be reached (nothing was claimed); 3 the night was
+recorded and published, but scaling TorchServe back down failed (it is still running).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from batch_job.ingest import ingest
 from batch_job.ledger import Ledger
 from batch_job.logs import configure
 from batch_job.night import nightly
-from batch_job.report import accuracy_report, category_summary, load_classes, read_labels
+from batch_job.report import accuracy_report, category_summary, read_labels
 from batch_job.review import cli as review_cli
 from batch_job.settings import Settings
+from common.classes import load_classes
 from common.objectstore import open_store
 
 log = logging.getLogger("refund-batch")
@@ -70,6 +72,9 @@ def run_command(settings: Settings, lock_file: Path | None) -> int:
     )
     for warning in summary["drift"]["warnings"]:
         log.warning("drift", extra={"warning": warning})
+    if summary["scale_down_error"]:
+        log.error("TorchServe was left running", extra={"reason": summary["scale_down_error"]})
+        return 3
     if summary["failure_rate"] > settings.max_failure_rate:
         log.error("too many failures", extra={"failure_rate": summary["failure_rate"]})
         return 1

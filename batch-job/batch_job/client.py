@@ -1,21 +1,31 @@
-"""TorchServe inference client: image bytes in, an Outcome out.
+"""TorchServe inference client: image bytes in, a typed answer out.
 
-Connection errors and 5xx are retried with exponential backoff; when the server stays
-away the object's outcome is PENDING, so the next run picks it up instead of losing it.
-A 4xx is the model's verdict on that one image and fails it with the reason.
+Whose fault a failure is follows from the HTTP exchange, and is a type:
+- `Prediction`: a 200 with every field a prediction needs, and the model version that answered.
+- `ImageRejected`: a 4xx (the handler's per-image verdict: undecodable, too large, too many pixels).
+  Final: sending the image again cannot change the answer.
+- `ServingFailed`: TorchServe took the image and failed on it (5xx after retries, or a 200 that is
+  no prediction). It may be the image's fault: it counts as one of the image's attempts.
+- `ServingUnreachable`: no HTTP answer at all after retries. Never the image's fault.
+Connection errors and 5xx are retried with exponential backoff and jitter (tenacity).
 """
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 
 import httpx
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
-from batch_job.ledger import FAILED, NEEDS_REVIEW, OK, PENDING, Outcome
-
-RETRYABLE_STATUS = {500, 502, 503, 504, 507}
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504, 507})
+MAX_BACKOFF_S = 8.0
 
 
 class ServingUnavailable(RuntimeError):
@@ -33,11 +43,42 @@ class ServedModel:
     class_prior: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Prediction:
+    category: str
+    probability: float
+    top3: list[dict]
+    model_name: str
+    model_version: str
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class ImageRejected:
+    status: int
+    reason: str
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class ServingFailed:
+    reason: str
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class ServingUnreachable:
+    reason: str
+    latency_ms: float
+
+
+Answer = Prediction | ImageRejected | ServingFailed | ServingUnreachable
+
+
 class TorchServeClient:
     def __init__(self, base_url: str, model_name: str, concurrency: int, timeout: float, retries: int) -> None:
         self.url = f"{base_url.rstrip('/')}/predictions/{model_name}"
         self.retries = retries
-        self.review_threshold = 0.5  # set from the model by `describe` or from settings
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=5.0),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
@@ -46,58 +87,85 @@ class TorchServeClient:
     def close(self) -> None:
         self.http.close()
 
-    def _post(self, content: bytes, headers: dict[str, str]) -> tuple[httpx.Response | None, str]:
-        """The first non-retryable answer, or None and the last problem after all retries."""
-        problem = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2))
-            try:
-                answer = self.http.post(self.url, content=content, headers=headers)
-            except httpx.TransportError as exc:
-                problem = f"TorchServe unreachable: {exc!r}"
-                continue
-            if answer.status_code not in RETRYABLE_STATUS:
-                return answer, ""
-            problem = f"TorchServe answered {answer.status_code}: {_reason(answer)}"
-        return None, f"{problem} (after {self.retries + 1} tries)"
+    def _post(self, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        """The first answer that is not a retryable 5xx, else the last one; raises httpx.TransportError
+        when the server never answered."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential_jitter(multiplier=0.5, max=MAX_BACKOFF_S),
+            retry=retry_if_exception_type(httpx.TransportError)
+            | retry_if_result(lambda answer: answer.status_code in RETRYABLE_STATUS),
+            retry_error_callback=_last_answer_or_raise,
+        )
+        return retrying(self.http.post, self.url, content=content, headers=headers)
 
     def describe(self) -> ServedModel:
-        answer, problem = self._post(b"", {"describe": "True"})
-        if answer is None or answer.status_code != 200:
-            raise ServingUnavailable(problem or f"describe failed ({answer.status_code}): {_reason(answer)}")
-        body = answer.json()
-        return ServedModel(
-            name=body["model"]["name"],
-            version=body["model"]["version"],
-            classes=body["classes"],
-            review_threshold=body.get("review_threshold"),
-            class_prior=body.get("class_prior") or {},
-        )
-
-    def classify(self, image: bytes) -> Outcome:
-        started = time.perf_counter()
-        answer, problem = self._post(image, {"Content-Type": "application/octet-stream"})
-        latency_ms = 1000 * (time.perf_counter() - started)
-        if answer is None:
-            return Outcome(PENDING, error=problem, attempt_failed="answered" in problem, latency_ms=latency_ms)
+        try:
+            answer = self._post(b"", {"describe": "True"})
+        except httpx.TransportError as exc:
+            raise ServingUnavailable(f"TorchServe unreachable after {self.retries + 1} tries: {exc!r}") from exc
         if answer.status_code != 200:
-            return Outcome(FAILED, error=f"rejected ({answer.status_code}): {_reason(answer)}", latency_ms=latency_ms)
-        body = answer.json()
-        probability = float(body["probability"])
-        return Outcome(
-            NEEDS_REVIEW if probability < self.review_threshold else OK,
-            category=body["category"],
-            probability=probability,
-            top3=body["top_k"][:3],
-            model_name=body["model"]["name"],
-            latency_ms=latency_ms,
-        )
+            raise ServingUnavailable(f"describe failed ({answer.status_code}): {_reason(answer)}")
+        try:
+            body = answer.json()
+            return ServedModel(
+                name=body["model"]["name"],
+                version=body["model"]["version"],
+                classes=body["classes"],
+                review_threshold=body.get("review_threshold"),
+                class_prior=body.get("class_prior") or {},
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ServingUnavailable(f"describe answered something that is no model description: {exc!r}") from exc
+
+    def classify(self, image: bytes) -> Answer:
+        started = time.perf_counter()
+        try:
+            answer = self._post(image, {"Content-Type": "application/octet-stream"})
+        except httpx.TransportError as exc:
+            reason = f"TorchServe unreachable after {self.retries + 1} tries: {exc!r}"
+            return ServingUnreachable(reason, _since(started))
+        latency_ms = _since(started)
+        if answer.status_code in RETRYABLE_STATUS:
+            reason = f"TorchServe answered {answer.status_code} {self.retries + 1} times: {_reason(answer)}"
+            return ServingFailed(reason, latency_ms)
+        if 400 <= answer.status_code < 500:
+            return ImageRejected(answer.status_code, f"rejected ({answer.status_code}): {_reason(answer)}", latency_ms)
+        if answer.status_code != 200:
+            return ServingFailed(f"TorchServe answered {answer.status_code}: {_reason(answer)}", latency_ms)
+        try:
+            body = answer.json()
+            return Prediction(
+                category=str(body["category"]),
+                probability=float(body["probability"]),
+                top3=list(body["top_k"][:3]),
+                model_name=str(body["model"]["name"]),
+                model_version=str(body["model"]["version"]),
+                latency_ms=latency_ms,
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            return ServingFailed(
+                f"TorchServe answered 200 with no prediction ({exc!r}): {answer.text[:200]}", latency_ms
+            )
+
+
+def _last_answer_or_raise(state) -> httpx.Response:
+    """After the last try: its 5xx answer, or its connection error."""
+    outcome = state.outcome
+    if outcome.failed:
+        raise outcome.exception()
+    return outcome.result()
+
+
+def _since(started: float) -> float:
+    return 1000 * (time.perf_counter() - started)
 
 
 def _reason(answer: httpx.Response) -> str:
+    """TorchServe's message, or what the status means where the body says nothing (its frontend's 413)."""
     try:
         body = answer.json()
-        return str(body.get("error") or body.get("message") or body)
+        reason = str(body.get("error") or body.get("message") or "") if isinstance(body, dict) else str(body)
     except ValueError:
-        return answer.text[:300]
+        reason = answer.text[:300].strip()
+    return reason or answer.reason_phrase or f"HTTP {answer.status_code}"

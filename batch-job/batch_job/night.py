@@ -34,16 +34,20 @@ def serving(settings: Settings):
 
 
 def nightly(settings: Settings) -> Night:
-    """Raises ServingUnavailable, before claiming anything, when TorchServe cannot be reached."""
+    """Raises ServingUnavailable, before claiming anything, when TorchServe cannot be reached.
+
+    A scale-down that fails after a good run does not stop the night: it is published and finished,
+    and the summary's `scale_down_error` says TorchServe was left running."""
     client, ledger, store = job.open_run(settings)
     try:
-        with serving(settings):
+        with serving(settings) as scaled:
             stats = job.run(settings, client, ledger, store)
     finally:
         client.close()
     rows = ledger.results(stats.run_id)
     previous = [run.summary for run in ledger.recent_runs(RECENT_RUNS, before=stats.run_id) if run.summary]
     summary = summarize(stats, rows, previous, settings.drift_threshold)
+    summary["scale_down_error"] = scaled.scale_down_error if scaled else None
     folder = publish(store, settings, summary, rows, html_report.render(summary, rows, store))
     ledger.finish_run(stats.run_id, stats.newest_partition, summary)
     return Night(stats, rows, summary, folder)

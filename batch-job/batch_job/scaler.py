@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -166,18 +167,27 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@dataclass
+class ScaledServing:
+    """What the caller learns after the body: a failed scale-down after a good run is no failed run
+    (its results are committed and must be published), but TorchServe is left running."""
+
+    scale_down_error: str | None = None
+
+
 @contextlib.contextmanager
 def serving_scaled(
     settings: ScaleSettings, apps_api: client.AppsV1Api | None = None, poll_s: float = POLL_S
-) -> Iterator[None]:
+) -> Iterator[ScaledServing]:
     """Scale TorchServe up for the body and back to 0 after it, whether the body succeeded or not."""
     api = apps_api or load_api()
     namespace = settings.scale_namespace or own_namespace()
     deployment = settings.scale_deployment
+    scaled = ScaledServing()
     with _sigterm_raises():
         try:
             scale_up(api, namespace, deployment, settings.scale_replicas, settings.scale_timeout, poll_s)
-            yield
+            yield scaled
         except DeploymentNotFound:
             raise  # nothing was scaled: nothing to scale back
         except BaseException as error:
@@ -189,4 +199,8 @@ def serving_scaled(
                 error.add_note(f"scaling back down failed too: {down_error}")
             raise
         else:
-            scale_down(api, namespace, deployment)
+            try:
+                scale_down(api, namespace, deployment)
+            except ScaleError as down_error:
+                log.error("%s", down_error)
+                scaled.scale_down_error = str(down_error)

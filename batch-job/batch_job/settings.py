@@ -25,6 +25,8 @@ HELP = {
     "max_attempts": "runs in which TorchServe may fail on an image before it is dead-lettered",
     "lease_seconds": "how long a claim on an image holds before another run may take it over",
     "lookback_days": "date partitions older than the last finished run's newest, minus this, are not listed",
+    "full_listing_days": "list every partition (late photos in old partitions) when the last full listing is older",
+    "max_image_bytes": "objects bigger than this fail with a reason instead of being read (TorchServe refuses >16 MiB)",
     "route": "none, copy or move each image to sorted/<category>/ or review/ in the store",
     "max_failure_rate": "exit 1 when failed + dead + left-pending images exceed this share of the run",
     "drift_threshold": "warn when the category mix's PSI against training or recent runs exceeds this",
@@ -52,6 +54,8 @@ class Settings:
     max_attempts: int = 3
     lease_seconds: int = 900
     lookback_days: int = 1
+    full_listing_days: int = 7
+    max_image_bytes: int = 16 * 1024 * 1024
     route: str = "none"
     max_failure_rate: float = 0.05
     drift_threshold: float = 0.25
