@@ -54,7 +54,7 @@ $(MODEL_DIR)/model.pt: | var/data/manifest.csv
 
 archive: $(MAR)  ## package weights, labels and handler as refund-classifier.mar
 
-$(MAR): $(MODEL_DIR)/model.pt handlers/refund_classifier.py handlers/presets.py handlers/network.py handlers/model-config.yaml
+$(MAR): $(MODEL_DIR)/model.pt handlers/refund_classifier.py handlers/presets.py handlers/network.py common/classes.py handlers/model-config.yaml
 	$(PY) -m training.archive --model $(MODEL_DIR) --export-path $(dir $(MAR))
 
 serve: $(MAR) sysdeps  ## start TorchServe on 127.0.0.1:8080 (management 8081, metrics 8082)

@@ -1,1 +1,4 @@
-"""What training and the nightly job both use. Depends on neither; both depend on it."""
+"""What more than one component uses: object-store access, styles.csv, a model's class names.
+
+Depends on none of handlers, training or batch_job; they may depend on it (tests/test_architecture.py).
+"""

@@ -1,8 +1,9 @@
-"""Image preprocessing, defined once for training, evaluation and serving.
+"""Image preprocessing, defined once for evaluation and serving; training builds on it.
 
 The TorchServe handler and the training evaluation both call `ClassificationPresetEval`,
 so the served model sees exactly what it was measured on (no train/serve skew). The
-module is bundled into the .mar next to the handler.
+module is bundled into the .mar next to the handler; training's augmentation, which
+serving never runs, is in `training/presets.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms import v2
 
 # Catalogue photos are shot on white: padding with white keeps big photos looking like them.
 BACKGROUND = (255, 255, 255)
@@ -125,55 +125,3 @@ class ClassificationPresetEval:
     def __call__(self, data: bytes) -> torch.Tensor:
         image = decode_image(data, min_size=(self.config.width, self.config.height))
         return to_tensor(fit_to_input(image, self.config), self.config)
-
-
-class RandomBackdrop:
-    """Replaces the catalogue's white background with a grey or beige studio backdrop, at random.
-
-    Catalogue photos are mostly shot on white; photos of returns (and older catalogue shots) are
-    often on grey or beige, which a model trained on white alone mistakes for part of the product.
-    Near-white pixels blend into a vertically shaded backdrop through a soft mask (no hard edges).
-    """
-
-    def __init__(self, p: float = 0.3, levels: tuple[int, int] = (150, 235)) -> None:
-        self.p = p
-        self.levels = levels
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        if torch.rand(()) >= self.p:
-            return image
-        pixels = np.asarray(image, dtype=np.float32)
-        mask = np.clip((pixels.min(axis=2, keepdims=True) - 215.0) / 25.0, 0.0, 1.0)
-        level = float(torch.empty(()).uniform_(*self.levels))
-        tint = torch.empty(3).uniform_(-8.0, 8.0).numpy()
-        shade = np.linspace(12.0, -12.0, pixels.shape[0], dtype=np.float32)[:, None, None] * float(torch.rand(()))
-        backdrop = np.clip(level + tint + shade, 0.0, 255.0)
-        return Image.fromarray((pixels * (1.0 - mask) + backdrop * mask).round().astype(np.uint8))
-
-
-class ClassificationPresetTrain:
-    """The eval preset plus augmentations that suit product photos on a plain background."""
-
-    def __init__(
-        self,
-        config: PresetConfig,
-        crop_scale: tuple[float, float] = (0.7, 1.0),
-        hflip_prob: float = 0.5,
-        jitter: float = 0.2,
-        backdrop_prob: float = 0.3,
-    ) -> None:
-        self.config = config
-        size = (config.height, config.width)
-        ratio = config.width / config.height
-        self.augment = v2.Compose(
-            [
-                RandomBackdrop(backdrop_prob),
-                v2.RandomResizedCrop(size, scale=crop_scale, ratio=(ratio * 0.85, ratio / 0.85)),
-                v2.RandomHorizontalFlip(hflip_prob),
-                v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
-            ]
-        )
-
-    def __call__(self, data: bytes) -> torch.Tensor:
-        image = fit_to_input(decode_image(data), self.config)
-        return to_tensor(self.augment(image), self.config)

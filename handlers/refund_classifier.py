@@ -20,7 +20,8 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers.network import build_model
+from common.classes import load_classes
+from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, InvalidImageError, PresetConfig
 
 logger = logging.getLogger(__name__)
@@ -119,18 +120,14 @@ class RefundClassifier(BaseHandler):
 
         self.manifest = context.manifest
         meta = json.loads((model_dir / "model.json").read_text())
-        index_to_name = json.loads((model_dir / "index_to_name.json").read_text())
-        self.classes = [index_to_name[str(i)] for i in range(len(index_to_name))]
+        self.classes = load_classes(model_dir / "index_to_name.json")
         self.temperature = float(meta.get("temperature", 1.0))
         self.review_threshold = meta.get("review_threshold")
         self.class_prior = meta.get("class_prior", {})
         self.preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
 
-        weights = model_dir / self.manifest["model"]["serializedFile"]
         self.device = torch.device("cpu")
-        self.model = build_model(meta["arch"], len(self.classes))
-        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.model.eval().to(memory_format=torch.channels_last)
+        self.model = load_model(model_dir, self.manifest["model"]["serializedFile"])
         self.model_info = {
             "name": self.manifest["model"]["modelName"],
             "version": self.manifest["model"].get("modelVersion", ""),

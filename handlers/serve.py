@@ -74,6 +74,13 @@ def torchserve_env(run_dir: Path) -> dict[str, str]:
     }
 
 
+def worker_pids(ports: Ports, model: str = MODEL_NAME) -> dict[str, int]:
+    """Each READY worker's id and pid: a pid that changes is a worker that died and was restarted."""
+    answer = httpx.get(f"{ports.management_url}/models/{model}", timeout=10)
+    answer.raise_for_status()
+    return {worker["id"]: worker["pid"] for worker in answer.json()[0]["workers"] if worker["status"] == "READY"}
+
+
 def wait_ready(ports: Ports, model: str = MODEL_NAME, timeout: float = 180.0) -> None:
     """Until every worker of the model is READY (the management API says so), or raise."""
     deadline = time.monotonic() + timeout

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 
 import pytest
 from batch_job.settings import Settings
 
+from common.classes import load_classes
 from handlers import serve
 from tests.images import SHAPES, encode, product_image
+from tests.ports import free_port, free_ports
 from training import archive, prepare, train
 
 PER_CLASS = 30
 # Real PostgreSQL 15 and SeaweedFS (S3) servers, started once per session when a test asks.
 pytest_plugins = ["tests.servers"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_ports() -> serve.Ports:
-    return serve.Ports(*(free_port() for _ in range(5)))
 
 
 @pytest.fixture(scope="session")
@@ -128,5 +118,4 @@ def backend(request, tmp_path):
 
 @pytest.fixture(scope="session")
 def classes(trained_model) -> list[str]:
-    mapping = json.loads((trained_model / "index_to_name.json").read_text())
-    return [mapping[str(i)] for i in range(len(mapping))]
+    return load_classes(trained_model / "index_to_name.json")

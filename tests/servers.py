@@ -46,18 +46,14 @@ import pytest
 from obstore.exceptions import BaseError
 from obstore.store import S3Store
 
+from tests.ports import free_port
+
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 APT_POSTGRES = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 START_ATTEMPTS = 3  # a port picked as free can be taken by someone else before the server binds it
 PR_SET_PDEATHSIG = 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _bindable(port: int) -> bool:
@@ -140,9 +136,12 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 
 @contextlib.contextmanager
-def postgres_server(database: str = "refund", user: str = "refund") -> Iterator[str]:
-    """A throwaway PostgreSQL 15 on 127.0.0.1:<free port>; yields its SQLAlchemy URL (psycopg 3).
+def postgres_server(
+    database: str = "refund", user: str = "refund", host: str = "127.0.0.1", clients: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """A throwaway PostgreSQL 15 on host:<free port>; yields its SQLAlchemy URL (psycopg 3).
 
+    `clients`: more networks (CIDR) allowed to log in with the password, e.g. a cluster's pods.
     Durability is off (fsync, synchronous_commit, full_page_writes): the data dies with the test.
     """
     initdb, postgres = PG_BIN / "initdb", PG_BIN / "postgres"
@@ -170,11 +169,13 @@ def postgres_server(database: str = "refund", user: str = "refund") -> Iterator[
         if done.returncode:
             raise RuntimeError(f"initdb failed:\n{done.stdout}{done.stderr}")
         pwfile.unlink()
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {network} scram-sha-256\n" for network in clients)
         log = root / "postgres.log"
         for attempt in range(1, START_ATTEMPTS + 1):
             port = free_port()
             settings = {
-                "listen_addresses": "127.0.0.1",
+                "listen_addresses": host,
                 "port": str(port),
                 "unix_socket_directories": "",  # TCP only: no socket in /var/run/postgresql needed
                 "fsync": "off",
@@ -183,28 +184,28 @@ def postgres_server(database: str = "refund", user: str = "refund") -> Iterator[
             }
             args = [postgres, "-D", data, *(arg for key, value in settings.items() for arg in ("-c", f"{key}={value}"))]
             proc = _spawn(args, root, log, signal.SIGQUIT, **as_user)  # SIGQUIT: immediate shutdown
-            if _wait_for_postgres(proc, port, user, password):
+            if _wait_for_postgres(proc, host, port, user, password):
                 break
             _stop(proc, signal.SIGQUIT)
             if attempt == START_ATTEMPTS or "already in use" not in _tail(log):
                 raise RuntimeError(f"PostgreSQL did not start on port {port}:\n{_tail(log)}")
         with psycopg.connect(
-            host="127.0.0.1", port=port, user=user, password=password, dbname="postgres", autocommit=True
+            host=host, port=port, user=user, password=password, dbname="postgres", autocommit=True
         ) as conn:
             conn.execute(f'CREATE DATABASE "{database}"')
-        yield f"postgresql+psycopg://{user}:{password}@127.0.0.1:{port}/{database}"
+        yield f"postgresql+psycopg://{user}:{password}@{host}:{port}/{database}"
     finally:
         if proc is not None:
             _stop(proc, signal.SIGQUIT)  # immediate shutdown: nothing here needs to survive
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait_for_postgres(proc: subprocess.Popen, port: int, user: str, password: str) -> bool:
+def _wait_for_postgres(proc: subprocess.Popen, host: str, port: int, user: str, password: str) -> bool:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             with psycopg.connect(
-                host="127.0.0.1", port=port, user=user, password=password, dbname="postgres", connect_timeout=2
+                host=host, port=port, user=user, password=password, dbname="postgres", connect_timeout=2
             ):
                 return True
         except psycopg.OperationalError:
@@ -260,8 +261,8 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def s3_server(bucket: str = "refund-test") -> Iterator[S3Server]:
-    """SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one process) on 127.0.0.1, every
+def s3_server(bucket: str = "refund-test", host: str = "127.0.0.1") -> Iterator[S3Server]:
+    """SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one process) on host, every
     port its own free one, S3 signatures checked against one admin identity, `bucket` created."""
     weed = shutil.which("weed", path=sysconfig.get_path("scripts")) or shutil.which("weed")
     if weed is None:
@@ -289,13 +290,13 @@ def s3_server(bucket: str = "refund-test") -> Iterator[S3Server]:
             ports: dict[str, int] = {}
             for component in ("master", "volume", "filer", "s3", "admin"):
                 ports[f"{component}.port"], ports[f"{component}.port.grpc"] = free_port_pair()
-            server = dataclasses.replace(server, endpoint=f"http://127.0.0.1:{ports['s3.port']}")
+            server = dataclasses.replace(server, endpoint=f"http://{host}:{ports['s3.port']}")
             args = [
                 weed,
                 "mini",
                 f"-dir={root / 'data'}",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
+                f"-ip={host}",
+                f"-ip.bind={host}",
                 *(f"-{flag}={port}" for flag, port in ports.items()),
                 "-s3.port.iceberg=0",  # 0 disables these extra listeners
                 "-s3.port.lance=0",
@@ -384,7 +385,6 @@ def s3_env(s3_bucket: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 __all__ = [
     "S3Server",
-    "free_port",
     "postgres_instance",
     "postgres_server",
     "postgres_url",

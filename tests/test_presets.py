@@ -14,15 +14,14 @@ from PIL import Image
 from handlers.presets import (
     MAX_PIXELS,
     ClassificationPresetEval,
-    ClassificationPresetTrain,
     InvalidImageError,
     PresetConfig,
-    RandomBackdrop,
     decode_image,
     fit_to_input,
     to_tensor,
 )
 from tests.images import encode, product_image
+from training.presets import ClassificationPresetTrain, RandomBackdrop
 
 CONFIG = PresetConfig()
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
 from PIL import Image
 
-from handlers.network import build_model
+from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, PresetConfig
+from handlers.serve import worker_pids
 from tests.images import encode, product_image
 
 pytestmark = pytest.mark.integration
@@ -45,9 +50,7 @@ def test_image_bytes_in_probabilities_out(torchserve, classes, trained_model, fm
 def test_served_probabilities_equal_in_process_evaluation(torchserve, trained_model, classes):
     """No train/serve skew: TorchServe answers what the evaluation code computes."""
     meta = json.loads((trained_model / "model.json").read_text())
-    model = build_model(meta["arch"], len(classes))
-    model.load_state_dict(torch.load(trained_model / "model.pt", weights_only=True))
-    model.eval()
+    model = load_model(trained_model)
     preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
     photo = encode(product_image("Wedges", 102, size=(600, 800)), "JPEG")
     with torch.inference_mode():
@@ -55,6 +58,24 @@ def test_served_probabilities_equal_in_process_evaluation(torchserve, trained_mo
     served = predict(torchserve, photo, "image/jpeg").json()["probabilities"]
     for index, name in enumerate(classes):
         assert abs(served[name] - expected[index].item()) < 1e-4
+
+
+def test_the_mar_runs_on_what_it_carries_and_carries_no_training_code(model_store, tmp_path):
+    """The serve image has the .mar and no project install: every module the handler imports comes from it."""
+    with zipfile.ZipFile(model_store / "refund-classifier.mar") as mar:
+        mar.extractall(tmp_path)
+    ours = ("handlers", "common", "training", "batch_job")
+    code = (
+        "import json, sys, refund_classifier; "
+        f"print(json.dumps({{n: m.__file__ for n, m in sys.modules.items() if n.split('.')[0] in {ours}}}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert {name.split(".")[0] for name in loaded} == {"handlers", "common"}
+    assert all(Path(path).is_relative_to(tmp_path) for path in loaded.values()), loaded
+    assert not (tmp_path / "training").exists()
+    assert "RandomBackdrop" not in (tmp_path / "handlers" / "presets.py").read_text()
 
 
 def test_multipart_upload_is_accepted(torchserve, classes):
@@ -92,11 +113,6 @@ def test_management_api_cannot_register_models(torchserve):
         f"{torchserve.management_url}/models", params={"url": "http://example.invalid/x.mar"}, timeout=10
     )
     assert answer.status_code == 405
-
-
-def worker_pids(ports) -> list[int]:
-    workers = httpx.get(f"{ports.management_url}/models/refund-classifier", timeout=10).json()[0]["workers"]
-    return sorted(worker["pid"] for worker in workers)
 
 
 @pytest.mark.parametrize("fmt", ["WEBP", "BMP", "GIF", "TIFF"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -14,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.styles import read_styles
 from training import train
-from training.catalog import ImageSource, read_styles
+from training.catalog import ImageSource
 from training.metrics import classification_report
 from training.prepare import prepare, stratified_split
 from training.train import expected_calibration_error, fit_temperature
@@ -154,6 +157,24 @@ def test_killed_training_resumes_from_its_checkpoint(prepared, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
     assert [entry["epoch"] for entry in json.loads((tmp_path / "history.json").read_text())] == list(range(1, 9))
+
+
+def test_progress_reaches_a_log_file_while_the_epoch_runs(prepared, tmp_path):
+    """Without a terminal (CI, `make demo > log`, a Kubernetes Job): a line every N batches with images/s and
+    the ETA, each written at once, not held in a buffer until the run ends."""
+    command = [sys.executable, "-m", "training.train", "--prepared", str(prepared), "--out", str(tmp_path)]
+    command += ["--batch-size", "8", "--workers", "0", "--epochs", "4", "--log-every", "1"]
+    buffered = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}  # Python's default
+    with subprocess.Popen(
+        command, cwd=REPO, env=buffered, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as run:
+        try:
+            first = next(line for line in run.stdout if "img/s" in line)
+            epoch_over = (tmp_path / "checkpoint.pt").exists()
+        finally:
+            run.kill()
+    assert re.fullmatch(r"epoch 1/4 batch 1/\d+: loss [\d.]+, \d+ img/s, ETA \d+s\n", first), first
+    assert not epoch_over, "the progress line came only after the first epoch had ended"
 
 
 def test_training_stops_early_without_progress(prepared, tmp_path):

@@ -1,10 +1,11 @@
-"""Package a trained model as a TorchServe .mar: weights, labels, handler and its preprocessing.
+"""Package a trained model as a TorchServe .mar: weights, labels, handler and what it imports.
 
     python -m training.archive --model var/model --export-path var/model-store
 
-The handler's helper modules (`handlers/presets.py`, `handlers/network.py`) go into the
-archive as the `handlers` package, so the served preprocessing is the code that
-evaluated the model.
+The modules the handler imports (`handlers/presets.py`, `handlers/network.py`,
+`common/classes.py`) go into the archive as packages, so the served preprocessing is the
+code that evaluated the model, and the .mar runs without this project installed. Nothing
+else goes in: training's augmentation (`training/presets.py`) is not what serving runs.
 """
 
 from __future__ import annotations
@@ -16,18 +17,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
-BUNDLED_MODULES = ("__init__.py", "presets.py", "network.py")
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = ROOT / "handlers"
+# What the handler imports, as paths from the project root (tests/test_serving.py checks it is all).
+BUNDLED_MODULES = (
+    "handlers/__init__.py",
+    "handlers/presets.py",
+    "handlers/network.py",
+    "common/__init__.py",
+    "common/classes.py",
+)
 
 
 def stage_handler_package(build_dir: Path) -> Path:
-    """A folder whose content (a `handlers/` package) is unpacked at the .mar's root."""
+    """A folder whose content (the `handlers` and `common` packages) is unpacked at the .mar's root."""
     if build_dir.exists():
         shutil.rmtree(build_dir)
-    package = build_dir / "handlers"
-    package.mkdir(parents=True)
-    for name in BUNDLED_MODULES:
-        shutil.copy2(HANDLERS / name, package / name)
+    for module in BUNDLED_MODULES:
+        (build_dir / module).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / module, build_dir / module)
     return build_dir
 
 

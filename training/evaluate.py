@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from handlers.network import build_model
+from common.classes import load_classes
+from common.styles import read_styles
+from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, InvalidImageError, PresetConfig, decode_image
-from training.catalog import ImageSource, read_styles
+from training.catalog import ImageSource
 from training.dataset import EncodedImages, load_split
 from training.metrics import classification_report
 from training.model_card import rewrite_model_card
@@ -34,15 +36,10 @@ def predict_logits(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(logits), torch.cat(targets)
 
 
-def load_classes(model_dir: Path) -> list[str]:
-    names = json.loads((model_dir / "index_to_name.json").read_text())
-    return [names[str(index)] for index in range(len(names))]
-
-
 def split_items(model_dir: Path, prepared: Path, split: str) -> list[tuple[bytes, int]]:
     """A split of training.prepare's manifest; the model must know exactly the split's classes."""
     dataset = json.loads((prepared / "dataset.json").read_text())
-    classes = load_classes(model_dir)
+    classes = load_classes(model_dir / "index_to_name.json")
     if dataset["classes"] != classes:
         raise ValueError(f"{model_dir} was trained on other classes than {prepared} holds: not comparable")
     return load_split(prepared, split, classes, ImageSource(Path(dataset["data_root"])), None)
@@ -51,7 +48,7 @@ def split_items(model_dir: Path, prepared: Path, split: str) -> list[tuple[bytes
 def photo_items(model_dir: Path, photos: Path, label_column: str) -> tuple[list[tuple[bytes, int]], int]:
     """Labelled photos in the Kaggle layout whose label the model knows and which decode, and how
     many were left out."""
-    index_of = {name: index for index, name in enumerate(load_classes(model_dir))}
+    index_of = {name: index for index, name in enumerate(load_classes(model_dir / "index_to_name.json"))}
     rows, _ = read_styles(photos / "styles.csv", label_column)
     source = ImageSource(photos)
     items = []
@@ -72,13 +69,10 @@ def _decodes(data: bytes) -> bool:
 
 def evaluate(model_dir: Path, items: list[tuple[bytes, int]], batch_size: int = 64) -> dict:
     """Accuracy, macro-F1 and per-class figures of the model in model_dir on (bytes, label) items."""
-    description = json.loads((model_dir / "model.json").read_text())
-    classes = load_classes(model_dir)
-    model = build_model(description["arch"], len(classes))
-    model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
-    model = model.to(memory_format=torch.channels_last)
-    preset = ClassificationPresetEval(PresetConfig.from_dict(description["preset"]))
-    logits, targets = predict_logits(model, DataLoader(EncodedImages(items, preset), batch_size=batch_size))
+    preset = ClassificationPresetEval(PresetConfig.load(model_dir / "model.json"))
+    loader = DataLoader(EncodedImages(items, preset), batch_size=batch_size)
+    logits, targets = predict_logits(load_model(model_dir), loader)
+    classes = load_classes(model_dir / "index_to_name.json")
     return classification_report(targets.numpy(), logits.argmax(1).numpy(), classes)
 
 

@@ -15,8 +15,9 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from common.styles import read_styles
 from handlers.presets import InvalidImageError, decode_image
-from training.catalog import ImageSource, read_styles
+from training.catalog import ImageSource
 
 SPLITS = ("train", "val", "test")
 

@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import obstore
-from common.objectstore import open_store, read_object
 from obstore.store import ObjectStore
 
+from common.objectstore import open_store, read_object
 from training import evaluate
 
 MAR_NAME = "refund-classifier.mar"

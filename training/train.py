@@ -5,6 +5,10 @@
 Writes to --out: model.pt (weights), index_to_name.json, model.json (architecture,
 preprocessing, calibration temperature, version), metrics.json (test split),
 history.json, args.json, confusion_matrix.png and training_curve.png.
+
+Laid out as torchvision's references/classification/train.py: `load_data`, `train_one_epoch`,
+`evaluate` and `main`, which runs the epochs (with resume from an atomically written checkpoint
+and early stopping), then calibrates, tests and writes the outputs.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ import itertools
 import json
 import random
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from handlers.network import ARCHITECTURES, build_model
-from handlers.presets import ClassificationPresetEval, ClassificationPresetTrain, PresetConfig
+from handlers.network import ARCHITECTURES, build_model, read_weights
+from handlers.presets import ClassificationPresetEval, PresetConfig
 from training.catalog import ImageSource
 from training.dataset import EncodedImages, load_split
 from training.evaluate import predict_logits, record_photos
@@ -35,6 +40,8 @@ from training.metrics import (
     plot_training_curve,
 )
 from training.model_card import write_model_card
+from training.presets import ClassificationPresetTrain
+from training.progress import BatchProgress, log
 
 
 def save_atomically(state: dict, path: Path) -> None:
@@ -49,23 +56,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def train_one_epoch(model, loader, optimizer, scheduler, criterion, description: str) -> float:
-    model.train()
-    total, count = 0.0, 0
-    progress = tqdm(loader, desc=description, unit="batch", leave=False, disable=None)  # None: only on a terminal
-    for images, targets in progress:
-        images = images.contiguous(memory_format=torch.channels_last)
-        loss = criterion(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.item() * len(targets)
-        count += len(targets)
-        progress.set_postfix(loss=f"{total / count:.3f}")
-    return total / max(1, count)
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -138,6 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--patience", type=int, default=0, help="stop after this many epochs without a better val macro-F1 (0: never)"
     )
     parser.add_argument(
+        "--log-every",
+        type=int,
+        default=50,
+        help="without a terminal: a progress line (images/s, ETA) every this many batches (default: 50; 0: none)",
+    )
+    parser.add_argument(
         "--review-precision",
         type=float,
         default=0.98,
@@ -146,73 +142,194 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    generator = seed_everything(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dataset_info = json.loads((args.prepared / "dataset.json").read_text())
+@dataclass
+class Splits:
+    """The prepared split as loaders, and the classes by index."""
+
+    classes: list[str]
+    train_items: list[tuple[bytes, int]]
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+
+
+def load_data(args: argparse.Namespace, dataset_info: dict, preset: PresetConfig, generator: torch.Generator) -> Splits:
+    """The prepared split's images in memory, as loaders: augmented training batches (unless --no-augment),
+    evaluation-preset validation and test batches."""
     classes = dataset_info["classes"]
     source = ImageSource(Path(dataset_info["data_root"]))
-    preset = PresetConfig(height=args.height, width=args.width)
-
     train_items = load_split(args.prepared, "train", classes, source, args.max_per_class)
     val_items = load_split(args.prepared, "val", classes, source, None)
     test_items = load_split(args.prepared, "test", classes, source, None)
-    print(f"{len(classes)} classes; train {len(train_items)}, val {len(val_items)}, test {len(test_items)} images")
-
-    loader_options = {
-        "batch_size": args.batch_size,
-        "num_workers": args.workers,
-        "persistent_workers": args.workers > 0,
-    }
+    log(f"{len(classes)} classes; train {len(train_items)}, val {len(val_items)}, test {len(test_items)} images")
+    options = {"batch_size": args.batch_size, "num_workers": args.workers, "persistent_workers": args.workers > 0}
     train_preset = ClassificationPresetEval(preset) if args.no_augment else ClassificationPresetTrain(preset)
     train_loader = DataLoader(
         EncodedImages(train_items, train_preset),
         shuffle=True,
         drop_last=len(train_items) > args.batch_size,
         generator=generator,
-        **loader_options,
+        **options,
     )
-    val_loader = DataLoader(EncodedImages(val_items, ClassificationPresetEval(preset)), **loader_options)
-    test_loader = DataLoader(EncodedImages(test_items, ClassificationPresetEval(preset)), **loader_options)
+    evaluation = ClassificationPresetEval(preset)
+    val_loader = DataLoader(EncodedImages(val_items, evaluation), **options)
+    test_loader = DataLoader(EncodedImages(test_items, evaluation), **options)
+    return Splits(classes, train_items, train_loader, val_loader, test_loader)
 
-    model = build_model(args.arch, len(classes))
-    if args.weights:
-        state = {
-            k: v
-            for k, v in torch.load(args.weights, map_location="cpu", weights_only=True).items()
-            if not k.startswith("fc.")
-        }
-        model.load_state_dict(state, strict=False)
-    model = model.to(memory_format=torch.channels_last)
+
+def create_model(arch: str, num_classes: int, weights: Path | None) -> torch.nn.Module:
+    """The network, from `weights` if given (all but the head, whose classes are ours), channels-last."""
+    model = build_model(arch, num_classes)
+    if weights:
+        model.load_state_dict({k: v for k, v in read_weights(weights).items() if not k.startswith("fc.")}, strict=False)
+    return model.to(memory_format=torch.channels_last)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    loader: DataLoader,
+    description: str,
+    log_every: int,
+) -> float:
+    """One pass over the training batches; the mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    progress = BatchProgress(len(loader), description, log_every)
+    for images, targets in loader:
+        images = images.contiguous(memory_format=torch.channels_last)
+        loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(targets)
+        count += len(targets)
+        progress.update(len(targets), total / count)
+    progress.close()
+    return total / max(1, count)
+
+
+def evaluate(model: torch.nn.Module, loader: DataLoader, classes: list[str]) -> dict:
+    logits, targets = predict_logits(model, loader)
+    return classification_report(targets.numpy(), logits.argmax(1).numpy(), classes)
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    generator: torch.Generator,
+    history: list[dict],
+) -> None:
+    """Everything a killed run needs to go on exactly where it was: weights, optimizer, schedule, RNGs."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": history[-1]["epoch"]}
+    state |= {"scheduler": scheduler.state_dict(), "history": history}
+    state |= {"torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state()}
+    save_atomically(state, path)
+
+
+def resume(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    generator: torch.Generator,
+) -> list[dict]:
+    """Restores save_checkpoint's state; the epochs done so far."""
+    # Our own file: optimizer and RNG states are not plain tensors, so weights_only is off.
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    generator.set_state(state["loader_rng"])
+    log(f"resumed from {path} after epoch {state['epoch']}")
+    return state["history"]
+
+
+def calibrate_and_test(model: torch.nn.Module, data: Splits, review_precision: float) -> dict:
+    """Test-split metrics, the calibration temperature (fitted on validation) and the review threshold."""
+    val_logits, val_targets = predict_logits(model, data.val)
+    temperature = fit_temperature(val_logits, val_targets)
+    test_logits, test_targets = predict_logits(model, data.test)
+    metrics = classification_report(test_targets.numpy(), test_logits.argmax(1).numpy(), data.classes)
+    metrics["calibration"] = {
+        "temperature": temperature,
+        "test_ece_before": expected_calibration_error(test_logits.softmax(1), test_targets),
+        "test_ece_after": expected_calibration_error((test_logits / temperature).softmax(1), test_targets),
+    }
+    val_confidence, val_predicted = (val_logits / temperature).softmax(1).max(1)
+    threshold = choose_review_threshold(
+        val_confidence.numpy(), (val_predicted == val_targets).numpy(), review_precision
+    )
+    test_confidence, test_predicted = (test_logits / temperature).softmax(1).max(1)
+    metrics["auto_sort"] = {
+        "target_precision": review_precision,
+        "threshold": threshold,
+        "test": auto_sort_report(test_confidence.numpy(), (test_predicted == test_targets).numpy(), threshold),
+    }
+    return metrics
+
+
+def write_outputs(
+    args: argparse.Namespace, data: Splits, dataset_info: dict, preset: PresetConfig, metrics: dict, history: list[dict]
+) -> str:
+    """What the .mar and the registry need next to model.pt, the plots and the model card; the version."""
+    counts = np.bincount([target for _, target in data.train_items], minlength=len(data.classes))
+    version = datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
+    model_info = {
+        "arch": args.arch,
+        "preset": preset.to_dict(),
+        "temperature": metrics["calibration"]["temperature"],
+        "review_threshold": metrics["auto_sort"]["threshold"],
+        "class_prior": dict(zip(data.classes, (counts / counts.sum()).tolist(), strict=True)),
+        "version": version,
+    }
+    index_to_name = {str(i): name for i, name in enumerate(data.classes)}
+    (args.out / "index_to_name.json").write_text(json.dumps(index_to_name, indent=1))
+    (args.out / "model.json").write_text(json.dumps(model_info, indent=1))
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (args.out / "history.json").write_text(json.dumps(history, indent=1))
+    (args.out / "args.json").write_text(
+        json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=1)
+    )
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), data.classes, args.out / "confusion_matrix.png")
+    plot_training_curve(history, args.out / "training_curve.png")
+    write_model_card(args.out / "model_card.md", dataset_info, metrics, model_info, history, vars(args))
+    return version
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    generator = seed_everything(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset_info = json.loads((args.prepared / "dataset.json").read_text())
+    preset = PresetConfig(height=args.height, width=args.width)
+    data = load_data(args, dataset_info, preset, generator)
+
+    model = create_model(args.arch, len(data.classes), args.weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, total_steps=args.epochs * len(train_loader)
+        optimizer, max_lr=args.lr, total_steps=args.epochs * len(data.train)
     )
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = args.out / "checkpoint.pt"
-    history, best_f1, first_epoch, started = [], -1.0, 1, time.monotonic()
+    history, started = [], time.monotonic()
     if args.resume and checkpoint_path.exists():
-        # Our own file: optimizer and RNG states are not plain tensors, so weights_only is off.
-        state = torch.load(checkpoint_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        generator.set_state(state["loader_rng"])
-        history, first_epoch = state["history"], state["epoch"] + 1
-        best_f1 = max(entry["val_macro_f1"] for entry in history)
-        print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
-    for epoch in range(first_epoch, args.epochs + 1):
+        history = resume(checkpoint_path, model, optimizer, scheduler, generator)
+    for epoch in range(len(history) + 1, args.epochs + 1):
         epoch_start = time.monotonic()
-        train_loss = train_one_epoch(
-            model, train_loader, optimizer, scheduler, criterion, f"epoch {epoch}/{args.epochs}"
-        )
-        logits, targets = predict_logits(model, val_loader)
-        val = classification_report(targets.numpy(), logits.argmax(1).numpy(), classes)
+        description = f"epoch {epoch}/{args.epochs}"
+        train_loss = train_one_epoch(model, criterion, optimizer, scheduler, data.train, description, args.log_every)
+        val = evaluate(model, data.val, data.classes)
+        best_f1 = max((entry["val_macro_f1"] for entry in history), default=-1.0)
         seconds = time.monotonic() - epoch_start
         history.append(
             {
@@ -223,83 +340,31 @@ def main(argv: list[str] | None = None) -> dict:
                 "seconds": seconds,
             }
         )
-        print(
-            f"epoch {epoch}/{args.epochs}: loss {train_loss:.3f}, val accuracy {val['accuracy']:.3f}, "
+        log(
+            f"{description}: loss {train_loss:.3f}, val accuracy {val['accuracy']:.3f}, "
             f"val macro-F1 {val['macro_f1']:.3f}, {seconds:.0f}s"
         )
         if val["macro_f1"] > best_f1:
-            best_f1 = val["macro_f1"]
             save_atomically(model.state_dict(), args.out / "model.pt")
-        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-        checkpoint |= {"scheduler": scheduler.state_dict(), "history": history}
-        checkpoint |= {"torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state()}
-        save_atomically(checkpoint, checkpoint_path)
+        save_checkpoint(checkpoint_path, model, optimizer, scheduler, generator, history)
         best_epoch = max(history, key=lambda entry: entry["val_macro_f1"])["epoch"]
         if args.patience and epoch - best_epoch >= args.patience:
-            print(f"early stop: validation macro-F1 has not improved for {args.patience} epochs")
+            log(f"early stop: validation macro-F1 has not improved for {args.patience} epochs")
             break
 
-    model.load_state_dict(torch.load(args.out / "model.pt", weights_only=True))
-    val_logits, val_targets = predict_logits(model, val_loader)
-    temperature = fit_temperature(val_logits, val_targets)
-    test_logits, test_targets = predict_logits(model, test_loader)
-    metrics = classification_report(test_targets.numpy(), test_logits.argmax(1).numpy(), classes)
-    metrics["calibration"] = {
-        "temperature": temperature,
-        "test_ece_before": expected_calibration_error(test_logits.softmax(1), test_targets),
-        "test_ece_after": expected_calibration_error((test_logits / temperature).softmax(1), test_targets),
-    }
-    val_confidence, val_predicted = (val_logits / temperature).softmax(1).max(1)
-    threshold = choose_review_threshold(
-        val_confidence.numpy(), (val_predicted == val_targets).numpy(), args.review_precision
-    )
-    test_confidence, test_predicted = (test_logits / temperature).softmax(1).max(1)
-    metrics["auto_sort"] = {
-        "target_precision": args.review_precision,
-        "test": auto_sort_report(test_confidence.numpy(), (test_predicted == test_targets).numpy(), threshold),
-    }
+    model.load_state_dict(read_weights(args.out / "model.pt"))
+    metrics = calibrate_and_test(model, data, args.review_precision)
     metrics["training_seconds"] = time.monotonic() - started
-    train_counts = np.bincount([target for _, target in train_items], minlength=len(classes))
-
-    version = datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
-    (args.out / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(classes)}, indent=1))
-    (args.out / "model.json").write_text(
-        json.dumps(
-            {
-                "arch": args.arch,
-                "preset": preset.to_dict(),
-                "temperature": temperature,
-                "review_threshold": threshold,
-                "class_prior": dict(zip(classes, (train_counts / train_counts.sum()).tolist(), strict=True)),
-                "version": version,
-            },
-            indent=1,
-        )
-    )
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (args.out / "history.json").write_text(json.dumps(history, indent=1))
-    (args.out / "args.json").write_text(
-        json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=1)
-    )
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, args.out / "confusion_matrix.png")
-    plot_training_curve(history, args.out / "training_curve.png")
-    write_model_card(
-        args.out / "model_card.md",
-        dataset_info,
-        metrics,
-        json.loads((args.out / "model.json").read_text()),
-        history,
-        vars(args),
-    )
+    version = write_outputs(args, data, dataset_info, preset, metrics, history)
     if args.eval_photos:
         photos = metrics["photos"] = record_photos(args.out, args.eval_photos, dataset_info["label_column"])
-        print(f"{args.eval_photos}: accuracy {photos['accuracy']:.3f} on {photos['images']} photos")
-    print(
+        log(f"{args.eval_photos}: accuracy {photos['accuracy']:.3f} on {photos['images']} photos")
+    log(
         f"test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
         f"ECE {metrics['calibration']['test_ece_before']:.3f} -> {metrics['calibration']['test_ece_after']:.3f} "
-        f"(temperature {temperature:.2f}); review below {threshold:.2f}: auto-sorts "
-        f"{metrics['auto_sort']['test']['auto_sort_rate']:.0%} of test; model {version} in {args.out} "
-        f"after {metrics['training_seconds']:.0f}s"
+        f"(temperature {metrics['calibration']['temperature']:.2f}); review below "
+        f"{metrics['auto_sort']['threshold']:.2f}: auto-sorts {metrics['auto_sort']['test']['auto_sort_rate']:.0%} "
+        f"of test; model {version} in {args.out} after {metrics['training_seconds']:.0f}s"
     )
     return metrics
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 
 from batch_job.ledger import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING, Result
+from common.styles import read_styles
 
 
 def category_summary(rows: list[Result]) -> str:
@@ -28,14 +28,12 @@ def category_summary(rows: list[Result]) -> str:
 
 
 def read_labels(styles_csv: Path, label_column: str) -> dict[str, str]:
-    with styles_csv.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        id_at, label_at = header.index("id"), header.index(label_column)
-        return {fields[id_at]: fields[label_at] for fields in reader if len(fields) > max(id_at, label_at)}
+    """Product id -> label; rows without an id or a label are no label (training reads styles.csv alike)."""
+    rows, _ = read_styles(styles_csv, label_column)
+    return {row.image_id: row.label for row in rows}
 
 
-def accuracy_report(rows: list[Result], labels: dict[str, str], classes: set[str] | None) -> dict:
+def accuracy_report(rows: list[Result], labels: dict[str, str], classes: Collection[str] | None) -> dict:
     """Accuracy of classified items whose product id (the file name) has a label.
 
     Labels the model was never trained on cannot be right; they are counted apart.
@@ -54,7 +52,3 @@ def accuracy_report(rows: list[Result], labels: dict[str, str], classes: set[str
         "auto_sorted": len(auto),
         "auto_sorted_precision": sum(row.category == label for row, label in auto) / len(auto) if auto else None,
     }
-
-
-def load_classes(index_to_name: Path) -> set[str]:
-    return set(json.loads(index_to_name.read_text()).values())

@@ -27,10 +27,11 @@ from batch_job.ledger import Ledger
 from batch_job.night import nightly
 from batch_job.settings import Settings
 from batch_job.store import list_inbox, listing_start
-from common.objectstore import list_objects, open_store
 
+from common.objectstore import list_objects, open_store
 from handlers import serve
-from tests.servers import free_port, s3_server
+from tests.ports import free_ports
+from tests.servers import s3_server
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared/datasets/returns-photos-sample/images"
 TODAY = date(2026, 11, 23)
@@ -115,7 +116,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-nightly-", dir=Path("var").resolve()))
     results = []
     with ExitStack() as stack:
-        ports = serve.Ports(*(free_port() for _ in range(5)))
+        ports = free_ports()
         serve.start(args.model_store, workdir / "torchserve", ports)
         stack.callback(serve.stop, workdir / "torchserve")
         stack.callback(shutil.rmtree, workdir, True)

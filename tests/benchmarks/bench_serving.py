@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,17 +42,19 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 import yaml
 
+from common.classes import load_classes
 from handlers import serve
-from handlers.network import build_model
+from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, PresetConfig, decode_image, fit_to_input, to_tensor
-from handlers.refund_classifier import usable_cpus
+from tests.ports import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 PATH = f"/predictions/{serve.MODEL_NAME}"
@@ -96,31 +97,31 @@ class Result:
         )
 
 
-def load_model(model_dir: Path) -> tuple[torch.nn.Module, dict]:
-    meta = json.loads((model_dir / "model.json").read_text())
-    classes = json.loads((model_dir / "index_to_name.json").read_text())
-    model = build_model(meta["arch"], len(classes))
-    model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
-    return model.eval(), meta
+def usable_cpus() -> int:
+    return len(psutil.Process().cpu_affinity())
 
 
 def loadavg() -> str:
     return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def cpu_snapshot() -> tuple[int, dict[int, tuple[int, int]]]:
-    """Busy CPU ticks of the machine, and each process's (parent pid, CPU ticks)."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    processes = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                rest = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            processes[int(entry.name)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
-    return user + nice + system + irq + softirq + steal, processes
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (steal included: the hypervisor gave them to others)."""
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq + times.steal
+
+
+def cpu_seconds(roots: set[int]) -> dict[int, float]:
+    """CPU seconds each of the given processes and their descendants has used so far."""
+    used = {}
+    for root in roots:
+        with suppress(psutil.NoSuchProcess):
+            tree = psutil.Process(root)
+            for process in [tree, *tree.children(recursive=True)]:
+                with suppress(psutil.NoSuchProcess):
+                    times = process.cpu_times()
+                    used[process.pid] = times.user + times.system
+    return used
 
 
 class OtherCpu:
@@ -132,21 +133,13 @@ class OtherCpu:
         self.share = 0.0
 
     def __enter__(self) -> OtherCpu:
-        self.started = time.monotonic()
-        self.busy, self.processes = cpu_snapshot()
+        self.started, self.busy, self.ours = time.monotonic(), busy_seconds(), cpu_seconds(self.roots)
         return self
 
     def __exit__(self, *_) -> None:
-        busy, processes = cpu_snapshot()
+        ours = sum(seconds - self.ours.get(pid, 0.0) for pid, seconds in cpu_seconds(self.roots).items())
         elapsed = time.monotonic() - self.started
-        mine, grew = set(self.roots), True
-        while grew:
-            children = {pid for pid, (parent, _) in processes.items() if parent in mine} - mine
-            mine |= children
-            grew = bool(children)
-        ours = sum(processes[pid][1] - self.processes.get(pid, (0, 0))[1] for pid in mine if pid in processes)
-        ticks = elapsed * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
-        self.share = max(0.0, (busy - self.busy - ours) / ticks)
+        self.share = max(0.0, (busy_seconds() - self.busy - ours) / (elapsed * psutil.cpu_count()))
 
 
 # --- a) in-process bound -------------------------------------------------------------
@@ -156,8 +149,8 @@ class InProcess:
     """The handler's work without TorchServe: preset + channels_last model + softmax, in one process."""
 
     def __init__(self, photos: list[bytes], model_dir: Path) -> None:
-        model, meta = load_model(model_dir)
-        self.model = model.to(memory_format=torch.channels_last)
+        meta = json.loads((model_dir / "model.json").read_text())
+        self.model = load_model(model_dir)
         self.temperature = float(meta.get("temperature", 1.0))
         self.preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
         self.cpus = usable_cpus()
@@ -304,12 +297,6 @@ class Clients:
 # --- b) served path --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def mar_settings(mar: Path) -> dict:
     with zipfile.ZipFile(mar) as archive:
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
@@ -322,7 +309,7 @@ def torchserve(model_store: Path, run_dir: Path) -> Iterator[tuple[serve.Ports, 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     try:
-        ports = serve.start(model_store, run_dir, serve.Ports(*(free_port() for _ in range(5))))
+        ports = serve.start(model_store, run_dir, free_ports())
         yield ports, int((run_dir.resolve() / "tmp" / ".model_server.pid").read_text())
     finally:
         serve.stop(run_dir)
@@ -333,9 +320,9 @@ def torchserve(model_store: Path, run_dir: Path) -> Iterator[tuple[serve.Ports, 
 
 def naive_server(port: int, model_dir: Path) -> None:
     """One process, one request at a time: full PIL decode, resize, the model on one image."""
-    model, meta = load_model(model_dir)
+    model, meta = load_model(model_dir), json.loads((model_dir / "model.json").read_text())
     config = PresetConfig.from_dict(meta["preset"])
-    classes = json.loads((model_dir / "index_to_name.json").read_text())
+    classes = load_classes(model_dir / "index_to_name.json")
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -344,7 +331,7 @@ def naive_server(port: int, model_dir: Path) -> None:
             with torch.no_grad():
                 probabilities = torch.softmax(model(tensor[None]) / meta.get("temperature", 1.0), dim=1)[0]
             best = int(probabilities.argmax())
-            body = json.dumps({"category": classes[str(best)], "probability": float(probabilities[best])}).encode()
+            body = json.dumps({"category": classes[best], "probability": float(probabilities[best])}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -388,15 +375,15 @@ def naive(model_dir: Path) -> Iterator[tuple[int, int, int]]:
 
 def expected_probabilities(photos: list[bytes], model_dir: Path) -> list[dict[str, float]]:
     """What the evaluation code says for each photo, to hold the served answers against."""
-    model, meta = load_model(model_dir)
-    classes = json.loads((model_dir / "index_to_name.json").read_text())
+    model, meta = load_model(model_dir), json.loads((model_dir / "model.json").read_text())
+    classes = load_classes(model_dir / "index_to_name.json")
     preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
     rows = []
     with torch.inference_mode():
         for start in range(0, len(photos), 32):
             inputs = torch.stack([preset(photo) for photo in photos[start : start + 32]])
             rows += torch.softmax(model(inputs) / float(meta.get("temperature", 1.0)), dim=1).tolist()
-    return [{classes[str(i)]: p for i, p in enumerate(row)} for row in rows]
+    return [dict(zip(classes, row, strict=True)) for row in rows]
 
 
 def check_answers(bodies: dict[int, bytes], expected: list[dict[str, float]]) -> None:

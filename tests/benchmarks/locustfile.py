@@ -35,7 +35,6 @@ import csv
 import io
 import json
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -196,14 +195,6 @@ class RefundClient(FastHttpUser):
 # --- python -m tests.benchmarks.locustfile: the whole load test -------------------------
 
 
-def worker_pids(management_url: str) -> dict[str, int]:
-    import httpx
-
-    answer = httpx.get(f"{management_url}/models/{MODEL}", timeout=10)
-    answer.raise_for_status()
-    return {worker["id"]: worker["pid"] for worker in answer.json()[0]["workers"] if worker["status"] == "READY"}
-
-
 def summary(csv_path: Path) -> list[dict[str, str]]:
     with csv_path.open() as file:
         return list(csv.DictReader(file))
@@ -236,16 +227,12 @@ def handler_metrics(metrics_url: str) -> list[str]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     import httpx
 
     from handlers import serve
+    from handlers.serve import worker_pids
+    from tests.ports import free_port, free_ports
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=32)
@@ -266,20 +253,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     if args.free_ports:
-        ports, run_dir = serve.Ports(*(free_port() for _ in range(5))), args.out / "torchserve"
+        ports, run_dir = free_ports(), args.out / "torchserve"
     else:
         inference, management, metrics = (int(port) for port in args.ports.split(","))
         grpc = (7070, 7071) if (inference, management, metrics) == (8080, 8081, 8082) else (free_port(), free_port())
         ports, run_dir = serve.Ports(inference, management, metrics, *grpc), args.run_dir
     started = False
     try:
-        before = worker_pids(ports.management_url)
+        before = worker_pids(ports)
         print(f"using the TorchServe running at {ports.inference_url}")
     except (httpx.HTTPError, LookupError, ValueError):
         print(f"starting TorchServe at {ports.inference_url} (run dir {run_dir}) ...", flush=True)
         serve.start(args.model_store, run_dir, ports)
         started = True
-        before = worker_pids(ports.management_url)
+        before = worker_pids(ports)
     try:
         prefix = args.out / "loadtest"
         status_file = args.out / "status_codes.json"
@@ -296,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         locust = subprocess.run(command, env=env, cwd=ROOT, check=False)
         seconds = time.monotonic() - began
-        after = worker_pids(ports.management_url)
+        after = worker_pids(ports)
         metrics = handler_metrics(ports.metrics_url)
     finally:
         if started:
