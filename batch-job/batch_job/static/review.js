@@ -22,9 +22,8 @@ function select(card) {
 async function decide(form, submitter) {
   const card = form.closest(".card");
   const next = openCards().find((c) => c !== card && card.compareDocumentPosition(c) & Node.DOCUMENT_POSITION_FOLLOWING);
-  form.querySelectorAll("button").forEach((b) => (b.disabled = true));
-  const body = new FormData(form, submitter);
-  form.querySelectorAll("button").forEach((b) => (b.disabled = false));
+  const body = new FormData(form, submitter); // before disabling: a disabled submitter sends no value
+  card.querySelectorAll("button").forEach((b) => (b.disabled = true)); // no double submit
   const response = await fetch(form.action, { method: "POST", body, headers: { "X-Review-Fetch": "1" } });
   const fragment = new DOMParser().parseFromString(await response.text(), "text/html").body.firstElementChild;
   if (!fragment) {
