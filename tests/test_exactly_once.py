@@ -1,0 +1,311 @@
+"""Nothing lost, nothing twice: each fault a review found in the nightly job, reproduced with real
+processes and servers (TorchServe, a real HTTP server that misbehaves, the stores), then fixed."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import obstore
+import pytest
+from batch_job.__main__ import main
+from batch_job.ledger import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING, Ledger, Outcome
+from batch_job.settings import Settings
+from batch_job.store import list_inbox
+from sqlalchemy import text
+
+from common.objectstore import StoredObject, open_store
+from tests.images import encode, product_image
+from tests.test_batch_job import DAY, cli, put_photos, run_once
+
+pytestmark = pytest.mark.integration
+TODAY = datetime.now(UTC).date()
+
+
+def statuses(settings: Settings) -> dict[str, str]:
+    return {row.object_key: row.status for row in Ledger(settings.database_url).results()}
+
+
+def published_summary(settings: Settings, run_id: str) -> dict:
+    store = open_store(settings.store)
+    return json.loads(bytes(obstore.get(store, f"runs/{run_id}/summary.json").bytes()))
+
+
+# -- partitions -------------------------------------------------------------------------------
+
+
+def test_a_future_dated_photo_does_not_hide_the_photos_of_later_nights(backend, torchserve, tmp_path):
+    settings = backend(torchserve)
+    photo = tmp_path / "one.jpg"
+    photo.write_bytes(encode(product_image("Discs", 1)))
+    assert main(["ingest", str(photo), "--store", settings.store, "--date", "2099-01-01"]) == 0
+    first = run_once(settings)
+    assert first.registered == 1 and first.future_partitions == ["2099-01-01"]
+
+    keys = put_photos(settings, 5, day=TODAY.isoformat(), corrupt=False)
+    second = run_once(settings)
+    assert (second.listed, second.registered) == (6, 5)  # the future photo is listed again, not classified again
+    assert published_summary(settings, second.run_id)["listing"]["future_partitions"] == ["2099-01-01"]
+    assert all(statuses(settings)[key] in (OK, NEEDS_REVIEW) for key in keys)
+
+
+def test_a_folder_named_like_an_impossible_date_neither_crashes_the_night_nor_is_skipped(backend, torchserve):
+    settings = backend(torchserve)
+    odd = put_photos(settings, 2, day="2026-02-30", corrupt=False)
+    good = put_photos(settings, 2, corrupt=False)
+    done = cli(settings)
+    assert done.returncode == 0, done.stderr
+    assert "folders named like dates that are none" in done.stderr and "2026-02-30" in done.stderr
+    assert all(statuses(settings)[key] in (OK, NEEDS_REVIEW) for key in odd + good)
+    again = run_once(settings)  # the odd folder is listed every night (it has no date to fall behind)
+    assert (again.listed, again.registered, again.malformed_partitions) == (4, 0, ["2026-02-30"])
+
+
+def test_a_late_photo_in_an_old_partition_is_classified_by_the_next_full_listing(backend, torchserve):
+    settings = backend(torchserve)
+    put_photos(settings, 2, day="2026-11-01", corrupt=False)
+    put_photos(settings, 2, day="2026-11-20", corrupt=False)
+    assert run_once(settings).full_listing  # the first night lists everything
+    late = "inbox/2026-11-01/late.jpg"
+    obstore.put(open_store(settings.store), late, encode(product_image("Discs", 1)))
+    incremental = run_once(settings)  # within --full-listing-days of the last full listing
+    assert (incremental.full_listing, incremental.listed, incremental.registered) == (False, 2, 0)
+    assert late not in statuses(settings)
+
+    full = run_once(Settings(**{**vars(settings), "full_listing_days": 0}))  # the full listing is due
+    assert (full.full_listing, full.registered) == (True, 1)
+    assert statuses(settings)[late] in (OK, NEEDS_REVIEW)
+
+
+# -- model changes ----------------------------------------------------------------------------
+
+
+def test_pending_rows_of_an_earlier_model_are_classified_by_the_model_served_now(backend, torchserve):
+    """A night under model v-old was interrupted; the next night serves another version."""
+    settings = backend(torchserve)
+    keys = put_photos(settings, 3, corrupt=False)
+    ledger = Ledger(settings.database_url)
+    objects = [obj for obj in _listed(settings) if obj.key in keys]
+    with ledger.engine.begin() as connection:  # what the code before the fix registered
+        for obj in objects:
+            connection.execute(
+                text(
+                    "INSERT INTO results (object_key, identity, model_version, size, last_modified, status,"
+                    " attempts, created_at) VALUES (:key, :identity, 'v-old', :size, :modified, 'pending', 0, :now)"
+                ),
+                {
+                    "key": obj.key,
+                    "identity": obj.identity,
+                    "size": obj.size,
+                    "modified": obj.last_modified,
+                    "now": datetime.now(UTC),
+                },
+            )
+    stats = run_once(settings)
+    assert (stats.registered, stats.claimed) == (0, 3)  # no second row per photo, and none stranded
+    rows = Ledger(settings.database_url).results()
+    assert len(rows) == 3
+    assert all(row.status in (OK, NEEDS_REVIEW) and row.model_version == stats.model.version for row in rows)
+
+
+def _listed(settings: Settings) -> list[StoredObject]:
+    return list(list_inbox(open_store(settings.store), settings.inbox_prefix, None))
+
+
+# -- a TorchServe that misbehaves -------------------------------------------------------------
+
+
+Respond = Callable[[int], tuple[int, bytes]]  # the n-th classification request -> (status, body)
+
+
+@contextmanager
+def fake_torchserve(respond: Respond) -> Iterator[str]:
+    """A real HTTP server on loopback that describes itself like our handler and answers
+    classification requests as `respond` says."""
+    counter = {"n": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("describe") == "True":
+                status, body = (
+                    200,
+                    json.dumps(
+                        {"model": {"name": "refund-classifier", "version": "v1"}, "classes": ["Boxes", "Discs"]}
+                    ).encode(),
+                )
+            else:
+                with lock:
+                    counter["n"] += 1
+                    n = counter["n"]
+                status, body = respond(n)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def prediction(version: str, category: str = "Discs", probability: float = 0.9) -> bytes:
+    return json.dumps(
+        {
+            "category": category,
+            "probability": probability,
+            "top_k": [{"category": category, "probability": probability}],
+            "model": {"name": "refund-classifier", "version": version},
+        }
+    ).encode()
+
+
+def settings_for(backend, url: str, **overrides) -> Settings:
+    return Settings(**{**vars(backend(None)), "torchserve_url": url, "retries": 0, "concurrency": 1, **overrides})
+
+
+def test_malformed_200_answers_fail_their_images_and_lose_nothing(backend):
+    """Bad JSON and a missing field: those images stay pending (one attempt each); the rest are recorded."""
+    malformed = {3: b"{not json", 6: json.dumps({"category": "Discs"}).encode()}
+
+    def respond(n: int) -> tuple[int, bytes]:
+        return 200, malformed.get(n, prediction("v1"))
+
+    with fake_torchserve(respond) as url:
+        settings = settings_for(backend, url)
+        keys = put_photos(settings, 8, corrupt=False)
+        stats = run_once(settings)
+    rows = Ledger(settings.database_url).results()
+    assert sorted(row.object_key for row in rows) == sorted(keys)
+    assert stats.statuses == {OK: 6, PENDING: 2}
+    left = [row for row in rows if row.status == PENDING]
+    assert len(left) == 2 and all(row.attempts == 1 and "200 with no prediction" in row.error for row in left)
+
+
+def test_answers_record_the_model_version_that_gave_them(backend):
+    """A rolling update mid-night: the first answers come from v1, the later ones from v2."""
+    with fake_torchserve(lambda n: (200, prediction("v1" if n <= 3 else "v2"))) as url:
+        settings = settings_for(backend, url)
+        put_photos(settings, 6, corrupt=False)
+        stats = run_once(settings)
+    versions = [row.model_version for row in sorted(Ledger(settings.database_url).results(), key=lambda r: r.id)]
+    assert sorted(versions) == ["v1"] * 3 + ["v2"] * 3
+    assert stats.answered_by == {"v1": 3, "v2": 3}
+
+
+def test_whose_fault_a_failure_is_follows_from_the_answer(backend):
+    """413 with an empty body and 400 fail the image with a reason; 503 counts as an attempt until the
+    image is dead-lettered; nothing answering counts nothing."""
+    answers = {1: (413, b""), 2: (400, json.dumps({"error": "not an image", "code": 400}).encode())}
+    with fake_torchserve(lambda n: answers.get(n, (503, b'{"message": "worker died"}'))) as url:
+        settings = settings_for(backend, url, max_attempts=2)
+        keys = put_photos(settings, 3, corrupt=False)
+        run_once(settings)
+        run_once(settings)
+    rows = {row.object_key: row for row in Ledger(settings.database_url).results()}
+    rejected = [rows[key] for key in keys if rows[key].status == FAILED]
+    assert sorted(row.error for row in rejected) == [
+        "rejected (400): not an image",
+        "rejected (413): Request Entity Too Large",
+    ]
+    (dead,) = [rows[key] for key in keys if rows[key].status == DEAD]
+    assert dead.attempts == 2 and "gave up after 2 attempts" in dead.error and "503" in dead.error
+
+    nobody = settings_for(backend, "http://127.0.0.1:9", max_attempts=1)  # discard port: nothing listens
+    assert (
+        main(
+            [
+                "run",
+                "--store",
+                nobody.store,
+                "--database-url",
+                nobody.database_url,
+                "--torchserve-url",
+                nobody.torchserve_url,
+                "--retries",
+                "0",
+            ]
+        )
+        == 2
+    )
+
+
+def test_a_413_from_the_real_torchserve_frontend_has_a_reason(backend, torchserve):
+    settings = backend(torchserve, max_image_bytes=64 * 1024 * 1024)
+    key = f"inbox/{DAY}/huge.jpg"
+    obstore.put(open_store(settings.store), key, b"\xff\xd8" + b"\0" * (17 * 1024 * 1024))
+    run_once(settings)
+    (row,) = Ledger(settings.database_url).results()
+    assert (
+        row.status == FAILED and row.error.startswith("rejected (413): ") and len(row.error) > len("rejected (413): ")
+    )
+
+
+def test_an_object_above_the_size_limit_fails_without_being_read(backend, torchserve):
+    settings = backend(torchserve, max_image_bytes=1_000_000)
+    store = open_store(settings.store)
+    obstore.put(store, f"inbox/{DAY}/huge.jpg", b"\xff\xd8" + b"\0" * 2_000_000)
+    keys = put_photos(settings, 2, corrupt=False)
+    run_once(settings)
+    rows = {row.object_key: row for row in Ledger(settings.database_url).results()}
+    huge = rows[f"inbox/{DAY}/huge.jpg"]
+    assert huge.status == FAILED and "2000002 bytes, more than the 1000000 allowed" in huge.error
+    assert huge.latency_ms is None  # never sent to TorchServe
+    assert all(rows[key].status in (OK, NEEDS_REVIEW) for key in keys)
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+def test_a_routing_failure_neither_stops_the_night_nor_loses_an_original_and_is_retried(tmp_path, torchserve):
+    """The store refuses the review/ folder (a file sits where it should be); --route move."""
+    store = tmp_path / "store"
+    settings = Settings(
+        store=str(store),
+        database_url=f"sqlite:///{tmp_path / 'results.db'}",
+        torchserve_url=torchserve.inference_url,
+        route="move",
+        review_threshold="1.01",  # every image goes to review/
+    )
+    keys = put_photos(settings, 3, corrupt=False)
+    (store / "review").write_bytes(b"in the way")
+    first = cli(settings)
+    assert first.returncode == 0, first.stderr
+    assert "routing failed" in first.stderr
+    assert all((store / key).is_file() for key in keys)  # originals kept: no copy, no delete
+    rows = Ledger(settings.database_url).results()
+    assert all(row.status == NEEDS_REVIEW and row.route_to and row.routed_at is None for row in rows)
+
+    (store / "review").unlink()
+    second = cli(settings)
+    assert second.returncode == 0, second.stderr
+    assert not any((store / key).exists() for key in keys)
+    assert all((store / key.replace("inbox/", "review/")).is_file() for key in keys)
+    rows = Ledger(settings.database_url).results()
+    assert all(row.routed_at is not None and row.attempts == 1 for row in rows)  # routed, not classified again
+
+
+def test_a_result_whose_lease_was_taken_over_is_not_committed_nor_routed(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'results.db'}")
+    ledger.register([StoredObject("inbox/a.jpg", 1, datetime(2026, 11, 23, tzinfo=UTC), "e")])
+    (slow,) = ledger.claim([i for i, _ in ledger.claimable()], "slow-run", timedelta(seconds=-1))  # lease over
+    (fast,) = ledger.claim([i for i, _ in ledger.claimable()], "fast-run", timedelta(minutes=5))
+    answer = Outcome(OK, category="Discs", probability=0.9, counts_as_attempt=True, route_to="sorted/Discs/a.jpg")
+    assert ledger.record([(slow, answer)], "slow-run", 3) == []  # nothing to route
+    assert ledger.unrouted() == []
+    assert [row.id for row in ledger.record([(fast, answer)], "fast-run", 3)] == [fast.id]
+    (row,) = ledger.results()
+    assert (row.run_id, row.attempts, row.route_to) == ("fast-run", 1, "sorted/Discs/a.jpg")
