@@ -13,11 +13,17 @@ import httpx
 import obstore
 import pytest
 from alembic import command
-from batch_job import migrate
+from batch_job import html_report, migrate
 from batch_job.__main__ import main
+from batch_job.client import ServedModel
+from batch_job.job import RunStats
 from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Ledger
+from batch_job.review import decisions
+from batch_job.review.decisions import review_stats
+from batch_job.review.photos import Photos
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
+from batch_job.summary import summarize
 from sqlalchemy import create_engine, inspect
 
 from common.objectstore import list_objects, open_store, read_object
@@ -262,3 +268,26 @@ def test_review_passwd_prints_a_line_the_app_accepts(tmp_path, monkeypatch, caps
     (tmp_path / "users").write_text(line + "\n")
     reviewers = Reviewers.from_file(tmp_path / "users")
     assert reviewers.verify("carol", "pw-of-carol") and not reviewers.verify("carol", "wrong")
+
+
+def test_the_nightly_report_shows_the_review_desk_and_escapes_what_it_shows(tmp_path):
+    settings = Settings(
+        store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}", route="move"
+    )
+    hostile = "<b onclick=x()>Bags</b>"
+    items = seed_night(
+        settings,
+        utc(2026, 12, 1),
+        [Doubtful("a&<i>.jpg", [(hostile, 0.4), *guesses(0)[:2]]), Doubtful("b.jpg", guesses(0))],
+    )
+    ledger = Ledger(settings.database_url)
+    decisions.decide(ledger.engine, items[1], "alice", CLASSES[1])  # disagrees with the model's top-1
+    rows = ledger.results()
+    photos = Photos(open_store(settings.store), settings.inbox_prefix, settings.route, "thumbnails/")
+    stats = RunStats(rows[0].run_id, "0/1", ServedModel("refund-classifier", "v1", CLASSES, 0.5, {}), 0.5, seconds=1.0)
+    html = html_report.render(summarize(stats, rows, [], 0.25), rows, photos, review_stats(ledger.engine))
+    assert hostile not in html and "&lt;b onclick=x()&gt;Bags&lt;/b&gt;" in html
+    assert "a&amp;&lt;i&gt;.jpg" in html and html.count("data:image/jpeg;base64,") == 1  # from review/
+    desk = html.split("The review desk")[1].split("Failures")[0]
+    assert "<b>1</b>waiting for review" in desk
+    assert f'<td>{CLASSES[0]}</td><td class="n">1</td><td class="n">0%</td>' in desk

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from batch_job import html_report, job
 from batch_job.ledger import Result
+from batch_job.review.decisions import review_stats
+from batch_job.review.photos import Photos
+from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from batch_job.summary import publish, summarize
 
@@ -48,6 +51,8 @@ def nightly(settings: Settings) -> Night:
     previous = [run.summary for run in ledger.recent_runs(RECENT_RUNS, before=stats.run_id) if run.summary]
     summary = summarize(stats, rows, previous, settings.drift_threshold)
     summary["scale_down_error"] = scaled.scale_down_error if scaled else None
-    folder = publish(store, settings, summary, rows, html_report.render(summary, rows, store))
+    photos = Photos(store, settings.inbox_prefix, settings.route, ReviewSettings.thumbnails_prefix)
+    report = html_report.render(summary, rows, photos, review_stats(ledger.engine))
+    folder = publish(store, settings, summary, rows, report)
     ledger.finish_run(stats.run_id, stats.newest_partition, summary)
     return Night(stats, rows, summary, folder)
