@@ -6,8 +6,11 @@ read by `common.styles`.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
+
+EXTRA_ID = re.compile(r"^extra(\d+):(.+)$")  # manifest ids of images from prepare's n-th --extra folder
 
 
 class ImageSource:
@@ -32,3 +35,21 @@ class ImageSource:
             return path.read_bytes() if path.is_file() else None
         member = self._members.get(image_id)
         return self._zip.read(member) if member else None
+
+
+def extra_id(index: int, image_id: str) -> str:
+    return f"extra{index}:{image_id}"
+
+
+class PreparedSource:
+    """Image bytes by manifest id: catalogue ids, and extra<n>:<id> from the n-th --extra folder."""
+
+    def __init__(self, dataset: dict) -> None:
+        self.catalogue = ImageSource(Path(dataset["data_root"]))
+        self.extras = [ImageSource(Path(extra["root"])) for extra in dataset.get("extras", [])]
+
+    def read(self, image_id: str) -> bytes | None:
+        match = EXTRA_ID.match(image_id)
+        if match is None:
+            return self.catalogue.read(image_id)
+        return self.extras[int(match[1]) - 1].read(match[2])

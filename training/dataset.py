@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from training.catalog import ImageSource
+from training.catalog import PreparedSource
 
 
 class EncodedImages(Dataset):
@@ -28,7 +28,7 @@ class EncodedImages(Dataset):
 
 
 def load_split(
-    prepared: Path, split: str, classes: list[str], source: ImageSource, max_per_class: int | None
+    prepared: Path, split: str, classes: list[str], source: PreparedSource, max_per_class: int | None
 ) -> list[tuple[bytes, int]]:
     """The split's images as bytes; at most `max_per_class` per class (manifest order is stable)."""
     index_of = {name: i for i, name in enumerate(classes)}

@@ -20,7 +20,7 @@ from common.classes import load_classes
 from common.styles import read_styles
 from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, InvalidImageError, PresetConfig, decode_image
-from training.catalog import ImageSource
+from training.catalog import ImageSource, PreparedSource
 from training.dataset import EncodedImages, load_split
 from training.metrics import classification_report
 from training.model_card import rewrite_model_card
@@ -42,7 +42,7 @@ def split_items(model_dir: Path, prepared: Path, split: str) -> list[tuple[bytes
     classes = load_classes(model_dir / "index_to_name.json")
     if dataset["classes"] != classes:
         raise ValueError(f"{model_dir} was trained on other classes than {prepared} holds: not comparable")
-    return load_split(prepared, split, classes, ImageSource(Path(dataset["data_root"])), None)
+    return load_split(prepared, split, classes, PreparedSource(dataset), None)
 
 
 def photo_items(model_dir: Path, photos: Path, label_column: str) -> tuple[list[tuple[bytes, int]], int]:
@@ -67,11 +67,15 @@ def _decodes(data: bytes) -> bool:
     return True
 
 
+def predict(model_dir: Path, items: list[tuple[bytes, int]], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of the model in model_dir on (bytes, label) items, and the labels."""
+    preset = ClassificationPresetEval(PresetConfig.load(model_dir / "model.json"))
+    return predict_logits(load_model(model_dir), DataLoader(EncodedImages(items, preset), batch_size=batch_size))
+
+
 def evaluate(model_dir: Path, items: list[tuple[bytes, int]], batch_size: int = 64) -> dict:
     """Accuracy, macro-F1 and per-class figures of the model in model_dir on (bytes, label) items."""
-    preset = ClassificationPresetEval(PresetConfig.load(model_dir / "model.json"))
-    loader = DataLoader(EncodedImages(items, preset), batch_size=batch_size)
-    logits, targets = predict_logits(load_model(model_dir), loader)
+    logits, targets = predict(model_dir, items, batch_size)
     classes = load_classes(model_dir / "index_to_name.json")
     return classification_report(targets.numpy(), logits.argmax(1).numpy(), classes)
 

@@ -36,6 +36,20 @@ def _photos_lines(metrics: dict) -> list[str]:
     ]
 
 
+def _returns_lines(metrics: dict) -> list[str]:
+    """Figures on reviewed returns photos (training.returns), the photos the model is meant for."""
+    if "reviewed_returns" not in metrics:
+        return []
+    returns = metrics["reviewed_returns"]
+    precision = returns["auto_sort_precision"]
+    return [
+        f"- on {returns['images']} reviewed returns (the returns desk's decisions, test share of `--extra`): "
+        f"accuracy **{returns['accuracy']:.3f}**; at the review threshold {returns['threshold']:.3f} it auto-sorts "
+        f"**{returns['auto_sort_rate']:.1%}** of them"
+        + (f" at precision {precision:.3f}" if precision is not None else "")
+    ]
+
+
 def rewrite_model_card(model_dir: Path) -> None:
     """The card again from the files beside it, e.g. after metrics.json gained figures."""
     args = json.loads((model_dir / "args.json").read_text())
@@ -75,6 +89,7 @@ def write_model_card(path: Path, dataset: dict, metrics: dict, meta: dict, histo
         f"at precision {auto['auto_sort_precision'] or 0:.3f}",
         f"- training time {metrics['training_seconds'] / 60:.1f} min on the CPU",
         *_photos_lines(metrics),
+        *_returns_lines(metrics),
         "",
         "![confusion matrix](confusion_matrix.png) ![training curve](training_curve.png)",
         "",

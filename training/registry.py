@@ -31,6 +31,7 @@ from obstore.store import ObjectStore
 
 from common.objectstore import open_store, read_object
 from training import evaluate
+from training.returns import score_returns
 
 MAR_NAME = "refund-classifier.mar"
 MAR_KEY = f"model-store/{MAR_NAME}"  # KServe's TorchServe runtime expects this layout under storageUri
@@ -152,14 +153,19 @@ class Decision:
 def _scores(registry: Registry, version: str, prepared: Path, workdir: Path) -> dict[str, float]:
     model_dir = registry.download(version, workdir / version)
     report = evaluate.evaluate(model_dir, evaluate.split_items(model_dir, prepared, "test"))
-    return {name: report[name] for name in GATE_METRICS}
+    scores = {name: report[name] for name in GATE_METRICS}
+    returns = score_returns(model_dir, prepared)  # prepared with --extra reviewed returns
+    if returns is not None:
+        scores["returns_accuracy"], scores["returns_images"] = returns["accuracy"], returns["images"]
+    return scores
 
 
 def promote(
     registry: Registry, candidate: str, prepared: Path, metric: str = "macro_f1", min_gain: float = 0.0
 ) -> Decision:
     """Puts candidate into production if it beats production on `metric` by more than min_gain,
-    both scored now, in-process, on the test split of `prepared`. Records the decision either way."""
+    both scored now, in-process, on the test split of `prepared`, and (when `prepared` holds reviewed
+    returns, training.prepare --extra) is no less accurate on those. Records the decision either way."""
     state = registry.state()
     current = state["version"]
     with tempfile.TemporaryDirectory() as workdir:
@@ -177,6 +183,12 @@ def promote(
             f"{candidate} {verdict} production {current} on the test split of {prepared}: "
             f"{metric} {ours[metric]:.4f} vs {theirs[metric]:.4f} (gain {gain:+.4f}, required > {min_gain:+.4f})"
         )
+        if promoted and ours.get("returns_accuracy", 1.0) < theirs.get("returns_accuracy", 0.0):
+            promoted = False
+            reason += (
+                f"; refused: worse on {ours['returns_images']:.0f} reviewed returns, accuracy "
+                f"{ours['returns_accuracy']:.4f} vs {theirs['returns_accuracy']:.4f}"
+            )
     decision = Decision(candidate, current, promoted, reason, ours, theirs)
     if promoted:
         state["previous"] = [*state["previous"], current] if current else state["previous"]

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from handlers.network import ARCHITECTURES, build_model, read_weights
 from handlers.presets import ClassificationPresetEval, PresetConfig
-from training.catalog import ImageSource
+from training.catalog import PreparedSource
 from training.dataset import EncodedImages, load_split
 from training.evaluate import predict_logits, record_photos
 from training.metrics import (
@@ -42,6 +42,7 @@ from training.metrics import (
 from training.model_card import write_model_card
 from training.presets import ClassificationPresetTrain
 from training.progress import BatchProgress, log
+from training.returns import record_returns
 
 
 def save_atomically(state: dict, path: Path) -> None:
@@ -157,7 +158,7 @@ def load_data(args: argparse.Namespace, dataset_info: dict, preset: PresetConfig
     """The prepared split's images in memory, as loaders: augmented training batches (unless --no-augment),
     evaluation-preset validation and test batches."""
     classes = dataset_info["classes"]
-    source = ImageSource(Path(dataset_info["data_root"]))
+    source = PreparedSource(dataset_info)
     train_items = load_split(args.prepared, "train", classes, source, args.max_per_class)
     val_items = load_split(args.prepared, "val", classes, source, None)
     test_items = load_split(args.prepared, "test", classes, source, None)
@@ -359,6 +360,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.eval_photos:
         photos = metrics["photos"] = record_photos(args.out, args.eval_photos, dataset_info["label_column"])
         log(f"{args.eval_photos}: accuracy {photos['accuracy']:.3f} on {photos['images']} photos")
+    returns = record_returns(args.out, args.prepared)
+    if returns:
+        metrics["reviewed_returns"] = returns
+        log(f"reviewed returns: accuracy {returns['accuracy']:.3f} on {returns['images']} photos")
     log(
         f"test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
         f"ECE {metrics['calibration']['test_ece_before']:.3f} -> {metrics['calibration']['test_ece_after']:.3f} "
