@@ -85,6 +85,13 @@ nightly:  ## run the nightly batch job once over the inbox
 report:  ## per-category summary and accuracy against the sample's labels
 	$(BATCH_ENV) $(PY) -m batch_job report --labels $(SAMPLE)/styles.csv --classes $(MODEL_DIR)/index_to_name.json
 
+# The review page on 127.0.0.1:8090 (REFUND_ROUTE as the nightly ran); add a reviewer with: $(PY) -m batch_job review-passwd NAME >> $(REVIEWERS)
+REVIEWERS ?= var/reviewers
+.PHONY: review
+review:  ## serve the review page for the doubtful items on 127.0.0.1:8090 (REVIEWERS=var/reviewers)
+	$(BATCH_ENV) $(PY) -m batch_job review --users-file $(REVIEWERS) \
+		--classes $(MODEL_DIR)/index_to_name.json
+
 DEMO_STEPS := venv data train archive serve inbox nightly report stop
 demo:  ## set up and run everything end to end, printing each step's time
 	@timings=""; trap '$(MAKE) --no-print-directory stop >/dev/null 2>&1 || true' EXIT; \
