@@ -22,6 +22,15 @@ def population_stability_index(actual: dict[str, float], expected: dict[str, flo
     return index
 
 
+def images_to_tell(categories: int, threshold: float) -> int:
+    """How many images a night needs before a PSI above `threshold` is more than sampling noise.
+
+    For n images drawn from the expected mix over k categories, n * PSI is about chi-squared with
+    k - 1 degrees of freedom; its 95th percentile is roughly (k - 1) + 2 * sqrt(2 * (k - 1))."""
+    freedom = max(1, categories - 1)
+    return math.ceil((freedom + 2 * math.sqrt(2 * freedom)) / threshold)
+
+
 def drift_report(
     category_counts: Counter,
     mean_confidence: float | None,
@@ -33,9 +42,13 @@ def drift_report(
     report: dict = {"threshold": threshold, "warnings": []}
     if not category_counts:
         return report
+    images = sum(category_counts.values())
+    report["images_to_tell"] = images_to_tell(len(set(category_counts) | set(training_prior)), threshold)
+    # Below that, a shifted mix is indistinguishable from chance: the PSI is reported, never warned about.
+    telling = images >= report["images_to_tell"]
     if training_prior:
         report["psi_vs_training"] = population_stability_index(dict(category_counts), training_prior)
-        if report["psi_vs_training"] > threshold:
+        if telling and report["psi_vs_training"] > threshold:
             report["warnings"].append(
                 f"category mix differs from training (PSI {report['psi_vs_training']:.2f} > {threshold})"
             )
@@ -44,7 +57,7 @@ def drift_report(
         earlier.update(summary.get("category_counts", {}))
     if earlier:
         report["psi_vs_recent_runs"] = population_stability_index(dict(category_counts), dict(earlier))
-        if report["psi_vs_recent_runs"] > threshold:
+        if telling and report["psi_vs_recent_runs"] > threshold:
             report["warnings"].append(
                 f"category mix moved against the last {len(previous)} runs "
                 f"(PSI {report['psi_vs_recent_runs']:.2f} > {threshold})"
