@@ -25,6 +25,10 @@ async function decide(form, submitter) {
   const body = new FormData(form, submitter); // before disabling: a disabled submitter sends no value
   card.querySelectorAll("button").forEach((b) => (b.disabled = true)); // no double submit
   const response = await fetch(form.action, { method: "POST", body, headers: { "X-Review-Fetch": "1" } });
+  if (response.redirected) {
+    window.location.assign(response.url); // the session ended: to the login page
+    return;
+  }
   const fragment = new DOMParser().parseFromString(await response.text(), "text/html").body.firstElementChild;
   if (!fragment) {
     return;
