@@ -6,8 +6,13 @@ Decisions run on both backends: SQLite + a folder, and PostgreSQL 15 + an S3 ser
 from __future__ import annotations
 
 import csv
+import io
+import os
 import re
+import subprocess
+import sys
 import threading
+import time
 
 import httpx
 import obstore
@@ -19,6 +24,7 @@ from batch_job.client import ServedModel
 from batch_job.job import RunStats
 from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Ledger
 from batch_job.review import decisions
+from batch_job.review.auth import Reviewers, hash_line
 from batch_job.review.decisions import review_stats
 from batch_job.review.photos import Photos
 from batch_job.review.settings import ReviewSettings
@@ -27,6 +33,7 @@ from batch_job.summary import summarize
 from sqlalchemy import create_engine, inspect
 
 from common.objectstore import list_objects, open_store, read_object
+from tests.ports import free_port
 from tests.review_support import (
     CLASSES,
     PASSWORDS,
@@ -57,12 +64,15 @@ def review(tmp_path) -> ReviewSettings:
     return ReviewSettings(users_file=str(users_file(tmp_path)), classes=str(classes_file(tmp_path, CLASSES)))
 
 
+def log_in(client: httpx.Client, name: str) -> int:
+    token = CSRF.search(client.get("/login").text).group(1)
+    return client.post("/login", data={"csrf": token, "username": name, "password": PASSWORDS[name]}).status_code
+
+
 def logged_in(url: str, name: str) -> tuple[httpx.Client, str]:
     """A client with a reviewer's session, and the CSRF token its forms carry."""
     client = httpx.Client(base_url=url, timeout=30)
-    token = CSRF.search(client.get("/login").text).group(1)
-    answer = client.post("/login", data={"csrf": token, "username": name, "password": PASSWORDS[name]})
-    assert answer.status_code == 303, answer.text
+    assert log_in(client, name) == 303
     return client, CSRF.search(client.get("/").text).group(1)
 
 
@@ -259,14 +269,12 @@ def test_export_labels_writes_the_kaggle_layout_without_unusable_items(settings,
 
 
 def test_review_passwd_prints_a_line_the_app_accepts(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("pw-of-carol\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw-of-carol\n"))
     assert main(["review-passwd", "carol"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("carol:$argon2id$")
-    from batch_job.review.auth import Reviewers
-
     (tmp_path / "users").write_text(line + "\n")
-    reviewers = Reviewers.from_file(tmp_path / "users")
+    reviewers = Reviewers(tmp_path / "users")
     assert reviewers.verify("carol", "pw-of-carol") and not reviewers.verify("carol", "wrong")
 
 
@@ -291,3 +299,42 @@ def test_the_nightly_report_shows_the_review_desk_and_escapes_what_it_shows(tmp_
     desk = html.split("The review desk")[1].split("Failures")[0]
     assert "<b>1</b>waiting for review" in desk
     assert f'<td>{CLASSES[0]}</td><td class="n">1</td><td class="n">0%</td>' in desk
+
+
+def test_a_reviewer_added_to_the_users_file_can_log_in_without_a_restart(tmp_path):
+    settings = Settings(store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}")
+    users = tmp_path / "reviewers"
+    users.write_text(hash_line("alice", PASSWORDS["alice"]) + "\n")
+    with review_app(settings, ReviewSettings(users_file=str(users))) as app, httpx.Client(base_url=app.url) as client:
+        assert log_in(client, "bob") == 401
+        users.write_text(users.read_text() + hash_line("bob", PASSWORDS["bob"]) + "\n")  # as a Secret update lands
+        assert log_in(client, "bob") == 303
+        users.write_text("bob has no hash\n")  # a broken update keeps the reviewers read before
+        assert log_in(client, "alice") == 303
+
+
+def test_refund_batch_review_serves_the_page_on_loopback(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "REFUND_STORE": str(tmp_path / "store"),
+        "REFUND_DATABASE_URL": f"sqlite:///{tmp_path / 'results.db'}",
+        "REFUND_REVIEW_USERS_FILE": str(users_file(tmp_path)),
+        "REFUND_REVIEW_PORT": str(port),
+    }
+    process = subprocess.Popen([sys.executable, "-m", "batch_job", "review"], env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz").text == "ok"
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, "refund-batch review did not start"
+                time.sleep(0.2)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            assert client.get("/").headers["location"] == "/login"
+            assert log_in(client, "alice") == 303 and "Nothing waits for review" in client.get("/").text
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

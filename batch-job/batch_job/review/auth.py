@@ -7,6 +7,7 @@ blank lines and lines starting with # are ignored.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from pathlib import Path
 
@@ -14,29 +15,45 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 CSRF_FIELD = "csrf"
+log = logging.getLogger("refund-review")
+
+
+def read_users(path: Path) -> dict[str, str]:
+    hashes = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, separator, hashed = line.partition(":")
+        if not separator or not name or not hashed.startswith("$argon2"):
+            raise ValueError(f"{path}:{number}: expected name:$argon2id$... (refund-batch review-passwd NAME)")
+        hashes[name] = hashed
+    return hashes
 
 
 class Reviewers:
-    def __init__(self, hashes: dict[str, str]) -> None:
-        self.hashes = hashes
+    """The users file, read again when it changes: an updated Kubernetes Secret (or an added line)
+    takes effect without a restart. A broken update keeps the reviewers read before."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
         self.hasher = PasswordHasher()
         # Unknown names are checked against this too, so a wrong name takes as long as a wrong password.
         self.decoy = self.hasher.hash(secrets.token_urlsafe(16))
+        self.hashes = read_users(path) if path else {}  # a broken file at start is an error
+        self.stamp = path.stat().st_mtime_ns if path else None
 
-    @classmethod
-    def from_file(cls, path: Path) -> Reviewers:
-        hashes = {}
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, separator, hashed = line.partition(":")
-            if not separator or not name or not hashed.startswith("$argon2"):
-                raise ValueError(f"{path}:{number}: expected name:$argon2id$... (refund-batch review-passwd NAME)")
-            hashes[name] = hashed
-        return cls(hashes)
+    def refresh(self) -> None:
+        if self.path is None or self.path.stat().st_mtime_ns == self.stamp:
+            return
+        self.stamp = self.path.stat().st_mtime_ns
+        try:
+            self.hashes = read_users(self.path)
+        except (OSError, ValueError):
+            log.exception("users file unreadable; keeping the reviewers read before", extra={"path": str(self.path)})
 
     def verify(self, name: str, password: str) -> bool:
+        self.refresh()
         try:
             return self.hasher.verify(self.hashes.get(name, self.decoy), password) and name in self.hashes
         except (VerificationError, InvalidHashError):

@@ -19,7 +19,7 @@ from common.objectstore import open_store
 def build(settings: Settings, review: ReviewSettings) -> Starlette:
     if not review.users_file and not review.user_header:
         raise ValueError("no way to log in: set --users-file (REFUND_REVIEW_USERS_FILE) or --user-header")
-    reviewers = Reviewers.from_file(Path(review.users_file)) if review.users_file else Reviewers({})
+    reviewers = Reviewers(Path(review.users_file) if review.users_file else None)
     photos = Photos(open_store(settings.store), settings.inbox_prefix, settings.route, review.thumbnails_prefix)
     app = ReviewApp(
         Ledger(settings.database_url).engine,
