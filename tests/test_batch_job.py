@@ -6,6 +6,7 @@ import concurrent.futures
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import obstore
 import pytest
 from batch_job import job
@@ -63,6 +65,13 @@ def cli(settings: Settings, *extra: str, wait: bool = True) -> subprocess.Popen 
 
 def final_rows(settings: Settings) -> list:
     return [row for row in Ledger(settings.database_url).results() if row.status in FINAL]
+
+
+def inference_requests(ports: serve.Ports) -> int:
+    """How many inference requests this TorchServe has counted (its Prometheus metrics endpoint)."""
+    text = httpx.get(f"http://127.0.0.1:{ports.metrics}/metrics", timeout=10).text
+    found = re.search(r'^ts_inference_requests_total\{model_name="refund-classifier".*\} ([0-9.]+)$', text, re.M)
+    return int(float(found.group(1))) if found else 0
 
 
 def wait_for_results(settings: Settings, count: int, timeout: float = 120) -> None:
@@ -194,24 +203,30 @@ def test_unreachable_server_never_dead_letters(tmp_path):
 def test_kill_9_mid_run_then_rerun_loses_nothing_and_repeats_nothing(backend, torchserve):
     settings = backend(torchserve, concurrency=2, lease_seconds=3)
     keys = put_photos(settings, 150, corrupt=False, size=(600, 800))
+    requests_before = inference_requests(torchserve)
     victim = cli(settings, wait=False)
     wait_for_results(settings, 20)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    interrupted = Counter(row.status for row in Ledger(settings.database_url).results())
-    assert interrupted[PENDING] > 0, "the kill came too late to interrupt anything"
+    interrupted = Ledger(settings.database_url).results()
+    assert Counter(row.status for row in interrupted)[PENDING] > 0, "the kill came too late to interrupt anything"
+    # Claimed by the victim and not committed: sent at most once each, maybe not at all.
+    in_flight = sum(row.status == PENDING and row.run_id is not None for row in interrupted)
 
     time.sleep(settings.lease_seconds + 0.5)  # the dead run's claims expire
     rerun = cli(settings)
     assert rerun.returncode == 0, rerun.stderr
     rows = Ledger(settings.database_url).results()
     assert sorted(row.object_key for row in rows) == sorted(keys)  # exactly one row per image
-    assert all(row.status in (OK, NEEDS_REVIEW) for row in rows)
+    assert all(row.status in (OK, NEEDS_REVIEW) and row.attempts == 1 for row in rows)  # a kill is no attempt
+    inferred = inference_requests(torchserve) - requests_before - 2  # one describe per run
+    assert len(keys) <= inferred <= len(keys) + in_flight, (inferred, in_flight)
 
 
 def test_two_runs_started_together_never_process_an_image_twice(backend, torchserve):
     settings = backend(torchserve, concurrency=4)
     keys = put_photos(settings, 60, corrupt=False)
+    requests_before = inference_requests(torchserve)
     runs = [cli(settings, wait=False) for _ in range(2)]
     for process in runs:
         process.wait(timeout=300)
@@ -219,6 +234,7 @@ def test_two_runs_started_together_never_process_an_image_twice(backend, torchse
     rows = Ledger(settings.database_url).results()
     assert sorted(row.object_key for row in rows) == sorted(keys)
     assert all(row.status in FINAL and row.attempts == 1 for row in rows)  # claimed once, sent once
+    assert inference_requests(torchserve) - requests_before == len(keys) + 2  # and TorchServe saw each once
 
 
 def test_shards_split_the_work_between_processes(backend, torchserve):
@@ -265,7 +281,10 @@ def test_torchserve_stopping_mid_run_leaves_images_pending_until_it_is_back(back
         assert morning.returncode == 0, morning.stderr
         rows = Ledger(settings.database_url).results()
         assert sorted(row.object_key for row in rows) == sorted(keys)
-        assert all(row.status in (OK, NEEDS_REVIEW) for row in rows)
+        # An outage is not the images' fault: each was answered once, and the restarted TorchServe
+        # was asked only for what the night left pending (plus the morning's describe).
+        assert all(row.status in (OK, NEEDS_REVIEW) and row.attempts == 1 for row in rows)
+        assert inference_requests(ports) == left[PENDING] + 1
     finally:
         serve.stop(run_dir)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import obstore
 import pytest
@@ -173,11 +174,14 @@ def prediction(version: str, category: str = "Discs", probability: float = 0.9) 
     ).encode()
 
 
-def settings_for(backend, url: str, **overrides) -> Settings:
-    return Settings(**{**vars(backend(None)), "torchserve_url": url, "retries": 0, "concurrency": 1, **overrides})
+def local_settings(tmp_path: Path, url: str, **overrides) -> Settings:
+    """A folder store and SQLite: these tests are about TorchServe's answers, which no store changes."""
+    store, database_url = str(tmp_path / "store"), f"sqlite:///{tmp_path / 'results.db'}"
+    values = {"store": store, "database_url": database_url, "torchserve_url": url, "retries": 0, "concurrency": 1}
+    return Settings(**{**values, **overrides})
 
 
-def test_malformed_200_answers_fail_their_images_and_lose_nothing(backend):
+def test_malformed_200_answers_fail_their_images_and_lose_nothing(tmp_path):
     """Bad JSON and a missing field: those images stay pending (one attempt each); the rest are recorded."""
     malformed = {3: b"{not json", 6: json.dumps({"category": "Discs"}).encode()}
 
@@ -185,7 +189,7 @@ def test_malformed_200_answers_fail_their_images_and_lose_nothing(backend):
         return 200, malformed.get(n, prediction("v1"))
 
     with fake_torchserve(respond) as url:
-        settings = settings_for(backend, url)
+        settings = local_settings(tmp_path, url)
         keys = put_photos(settings, 8, corrupt=False)
         stats = run_once(settings)
     rows = Ledger(settings.database_url).results()
@@ -195,10 +199,10 @@ def test_malformed_200_answers_fail_their_images_and_lose_nothing(backend):
     assert len(left) == 2 and all(row.attempts == 1 and "200 with no prediction" in row.error for row in left)
 
 
-def test_answers_record_the_model_version_that_gave_them(backend):
+def test_answers_record_the_model_version_that_gave_them(tmp_path):
     """A rolling update mid-night: the first answers come from v1, the later ones from v2."""
     with fake_torchserve(lambda n: (200, prediction("v1" if n <= 3 else "v2"))) as url:
-        settings = settings_for(backend, url)
+        settings = local_settings(tmp_path, url)
         put_photos(settings, 6, corrupt=False)
         stats = run_once(settings)
     versions = [row.model_version for row in sorted(Ledger(settings.database_url).results(), key=lambda r: r.id)]
@@ -206,12 +210,12 @@ def test_answers_record_the_model_version_that_gave_them(backend):
     assert stats.answered_by == {"v1": 3, "v2": 3}
 
 
-def test_whose_fault_a_failure_is_follows_from_the_answer(backend):
+def test_whose_fault_a_failure_is_follows_from_the_answer(tmp_path):
     """413 with an empty body and 400 fail the image with a reason; 503 counts as an attempt until the
     image is dead-lettered; nothing answering counts nothing."""
     answers = {1: (413, b""), 2: (400, json.dumps({"error": "not an image", "code": 400}).encode())}
     with fake_torchserve(lambda n: answers.get(n, (503, b'{"message": "worker died"}'))) as url:
-        settings = settings_for(backend, url, max_attempts=2)
+        settings = local_settings(tmp_path, url, max_attempts=2)
         keys = put_photos(settings, 3, corrupt=False)
         run_once(settings)
         run_once(settings)
@@ -224,7 +228,7 @@ def test_whose_fault_a_failure_is_follows_from_the_answer(backend):
     (dead,) = [rows[key] for key in keys if rows[key].status == DEAD]
     assert dead.attempts == 2 and "gave up after 2 attempts" in dead.error and "503" in dead.error
 
-    nobody = settings_for(backend, "http://127.0.0.1:9", max_attempts=1)  # discard port: nothing listens
+    nobody = local_settings(tmp_path, "http://127.0.0.1:9", max_attempts=1)  # discard port: nothing listens
     assert (
         main(
             [
@@ -243,8 +247,8 @@ def test_whose_fault_a_failure_is_follows_from_the_answer(backend):
     )
 
 
-def test_a_413_from_the_real_torchserve_frontend_has_a_reason(backend, torchserve):
-    settings = backend(torchserve, max_image_bytes=64 * 1024 * 1024)
+def test_a_413_from_the_real_torchserve_frontend_has_a_reason(tmp_path, torchserve):
+    settings = local_settings(tmp_path, torchserve.inference_url, max_image_bytes=64 * 1024 * 1024)
     key = f"inbox/{DAY}/huge.jpg"
     obstore.put(open_store(settings.store), key, b"\xff\xd8" + b"\0" * (17 * 1024 * 1024))
     run_once(settings)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -102,3 +104,75 @@ def test_publish_refuses_an_incomplete_model_and_a_second_upload_of_a_version(
     assert cli(location, "fetch", "no-such-version", "--out", str(tmp_path / "serve")) == 2
     assert "no version 'no-such-version'" in capsys.readouterr().err
     assert cli(location, "fetch", "production", "--out", str(tmp_path / "serve")) == 2
+
+
+def resplit(prepared: Path, out: Path, edit) -> Path:
+    """A copy of the prepared dataset with its manifest rows or dataset.json changed by `edit`."""
+    shutil.copytree(prepared, out)
+    lines = (out / "manifest.csv").read_text().splitlines()
+    dataset = json.loads((out / "dataset.json").read_text())
+    lines = edit(lines, dataset)
+    (out / "manifest.csv").write_text("\n".join(lines) + "\n")
+    (out / "dataset.json").write_text(json.dumps(dataset))
+    return out
+
+
+def test_the_gate_refuses_a_test_split_other_than_the_candidates_and_other_classes_with_exit_2(
+    location, trained_model, model_store, prepared, tmp_path, capsys
+):
+    mar = model_store / registry.MAR_NAME
+    assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 0
+
+    def test_rows_become_training_rows(lines, dataset):
+        moved = [line for line in lines if line.endswith(",test")][:4]
+        return [line.replace(",test", ",train") if line in moved else line for line in lines]
+
+    other_split = resplit(prepared, tmp_path / "other-split", test_rows_become_training_rows)
+    assert cli(location, "promote", "--prepared", str(other_split)) == 2
+    assert "is not the one the candidate was evaluated on" in capsys.readouterr().err
+
+    def other_classes(lines, dataset):
+        dataset["classes"] = [*dataset["classes"][:-1], "Cones"]
+        return lines
+
+    renamed = resplit(prepared, tmp_path / "other-classes", other_classes)
+    assert cli(location, "promote", "--prepared", str(renamed)) == 2
+    assert "other classes" in capsys.readouterr().err
+    assert registry.Registry(registry.open_store(location)).state()["version"] is None  # nothing decided
+
+
+def test_two_promotions_at_once_cannot_lose_one(location, trained_model, model_store, worse_model, prepared, capsys):
+    """Both read production.json; the one that writes second finds it changed and writes nothing."""
+    worse_dir, worse_mar = worse_model
+    assert cli(location, "publish", "--model", str(worse_dir), "--mar", str(worse_mar)) == 0
+    assert cli(location, "publish", "--model", str(trained_model), "--mar", str(model_store / registry.MAR_NAME)) == 0
+    store = registry.Registry(registry.open_store(location))
+    slow_state, slow_read_at = store.read_state()  # a promotion that is still scoring its models
+
+    assert cli(location, "promote", version_of(worse_dir), "--prepared", str(prepared)) == 0  # the fast one
+    slow_state["version"] = version_of(trained_model)
+    with pytest.raises(registry.RegistryError, match="production changed while this command ran"):
+        store.save_state(slow_state, slow_read_at)
+    assert store.state()["version"] == version_of(worse_dir)  # the fast promotion is kept
+
+    fresh_state, fresh_read_at = store.read_state()
+    assert cli(location, "promote", version_of(trained_model), "--prepared", str(prepared)) == 0
+    with pytest.raises(registry.RegistryError):  # an update against a stale ETag, not only a create
+        store.save_state(fresh_state, fresh_read_at)
+    history = store.state()["history"]
+    assert [entry["candidate"] for entry in history] == [version_of(worse_dir), version_of(trained_model)]
+
+
+def test_two_uploads_of_one_version_at_once_publish_it_once(location, trained_model, model_store):
+    mar = model_store / registry.MAR_NAME
+    barrier = threading.Barrier(2)
+
+    def publish() -> int:
+        barrier.wait()
+        return cli(location, "publish", "--model", str(trained_model), "--mar", str(mar))
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        codes = sorted(pool.map(lambda _: publish(), range(2)))
+    assert codes == [0, 2]
+    store = registry.Registry(registry.open_store(location))
+    assert store.versions() == [version_of(trained_model)]

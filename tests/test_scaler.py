@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import signal
 import sys
 import time
@@ -15,8 +16,12 @@ from pathlib import Path
 
 import kmock as kmock_lib
 import pytest
+from batch_job.__main__ import main
+from batch_job.ledger import NEEDS_REVIEW, OK, Ledger
 from batch_job.scaler import DeploymentNotFound, ScaleError, load_api, scale_down, scale_up, serving_scaled
 from kubernetes import client
+
+from tests.images import encode, product_image
 
 DEPLOYMENTS = kmock_lib.resource("apps/v1/deployments")
 NAMESPACE, NAME = "refund", "torchserve"
@@ -229,12 +234,8 @@ async def test_sigterm_still_scales_back_down(kmock: kmock_lib.KubernetesEmulato
     assert scaled_to(kmock) == [0]  # it was already up (no scale-up), and it went back down
 
 
-@pytest.mark.asyncio
-async def test_load_api_reads_the_kubeconfig(
-    kmock: kmock_lib.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Outside a pod (no KUBERNETES_SERVICE_HOST), load_api falls back to $KUBECONFIG."""
-    cluster(kmock, replicas=1, ready=1)
+def use_kubeconfig(kmock: kmock_lib.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a pod (no KUBERNETES_SERVICE_HOST), load_api falls back to $KUBECONFIG: point it at kmock."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
@@ -244,6 +245,42 @@ async def test_load_api_reads_the_kubeconfig(
     )
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+async def test_a_failed_scale_down_after_a_good_night_still_records_and_publishes_it(
+    kmock: kmock_lib.KubernetesEmulator, torchserve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole `refund-batch run` in scale-to-zero mode; only the final PATCH to 0 is refused."""
+    cluster(kmock, replicas=1, ready=1)  # already up: the night needs no scale-up
+    forbidden = kmock_lib.KubernetesError(status=403, reason="Forbidden", message="cannot patch deployments/scale")
+    kmock["patch", kmock.subresource("scale")].override << forbidden
+    use_kubeconfig(kmock, tmp_path, monkeypatch)
+    store = tmp_path / "store"
+    (store / "inbox" / "2026-11-23").mkdir(parents=True)
+    (store / "inbox" / "2026-11-23" / "1.jpg").write_bytes(encode(product_image("Discs", 1)))
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    arguments = ["run", "--store", str(store), "--database-url", database_url]
+    arguments += ["--torchserve-url", torchserve.inference_url, "--scale-deployment", NAME]
+    arguments += ["--scale-namespace", NAMESPACE, "--scale-replicas", "1"]
+
+    assert await asyncio.to_thread(main, arguments) == 3  # not 2 ("nothing was claimed")
+
+    (row,) = Ledger(database_url).results()
+    assert row.status in (OK, NEEDS_REVIEW)
+    (summary_file,) = store.glob("runs/*/summary.json")
+    assert "not allowed to scale" in json.loads(summary_file.read_text())["scale_down_error"]
+    assert Ledger(database_url).newest_finished_partition("0/1") is not None  # the run was finished
+
+
+@pytest.mark.asyncio
+async def test_load_api_reads_the_kubeconfig(
+    kmock: kmock_lib.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside a pod (no KUBERNETES_SERVICE_HOST), load_api falls back to $KUBECONFIG."""
+    cluster(kmock, replicas=1, ready=1)
+    use_kubeconfig(kmock, tmp_path, monkeypatch)
     api = load_api()
     await asyncio.to_thread(scale_up, api, NAMESPACE, NAME, 1, 5.0, POLL_S)
     assert kmock["get", kmock.subresource("status")][0].headers["Authorization"] == "Bearer test-token"

@@ -13,22 +13,33 @@ S3-compatible store (REFUND_REGISTRY=s3://bucket/prefix, AWS_* variables as for 
     models/<version>/model-store/refund-classifier.mar   what TorchServe (or KServe's storageUri) loads
     models/<version>/model.pt, model.json, metrics.json, model_card.md, ...   weights and evidence
     models/production.json   the production version, the versions it replaced, every decision
+
+Two promotions (or a promotion and a rollback) at once cannot lose one: production.json is written
+only if it is still the one read (obstore's conditional puts; a lock file on a local folder, whose
+store has no conditional update), else the later one fails with exit 2 and writes nothing. A
+version's files are created, never overwritten, so two uploads of one version cannot mix.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
 import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import obstore
-from obstore.store import ObjectStore
+from obstore.exceptions import AlreadyExistsError, PreconditionError
+from obstore.store import LocalStore, ObjectStore
 
+from common.classes import load_classes
 from common.objectstore import open_store, read_object
 from training import evaluate
 from training.returns import score_returns
@@ -106,11 +117,16 @@ class Registry:
         version = json.loads((model_dir / "model.json").read_text())["version"]
         if self.is_published(version):
             raise RegistryError(f"version {version} is already published; versions are immutable")
-        for name in MODEL_FILES:
-            if (model_dir / name).is_file():
-                obstore.put(self.store, self.key(version, name), (model_dir / name).read_bytes())
+        uploads = [(name, model_dir / name) for name in MODEL_FILES if (model_dir / name).is_file()]
         # The .mar last: a version counts as published (is_published) only once it is complete.
-        obstore.put(self.store, self.key(version, MAR_KEY), mar.read_bytes())
+        for name, path in [*uploads, (MAR_KEY, mar)]:
+            try:
+                obstore.put(self.store, self.key(version, name), path.read_bytes(), mode="create")
+            except AlreadyExistsError:
+                raise RegistryError(
+                    f"{self.key(version, name)} already exists: version {version} is being (or was partly) "
+                    "uploaded by another publish; versions are immutable"
+                ) from None
         return version
 
     def download(self, version: str, destination: Path) -> Path:
@@ -131,13 +147,44 @@ class Registry:
 
     def state(self) -> dict:
         """production.json: {"version", "previous": [older productions, newest last], "history": [...]}."""
-        try:
-            return json.loads(read_object(self.store, self.key(PRODUCTION)))
-        except FileNotFoundError:
-            return {"version": None, "previous": [], "history": []}
+        return self.read_state()[0]
 
-    def save_state(self, state: dict) -> None:
-        obstore.put(self.store, self.key(PRODUCTION), json.dumps(state, indent=1).encode())
+    def read_state(self) -> tuple[dict, str | None]:
+        """The state and the ETag it was read at (None: there is no production.json yet)."""
+        try:
+            answer = obstore.get(self.store, self.key(PRODUCTION))
+        except FileNotFoundError:
+            return {"version": None, "previous": [], "history": []}, None
+        return json.loads(bytes(answer.bytes())), answer.meta["e_tag"]
+
+    def save_state(self, state: dict, read_at: str | None) -> None:
+        """Write production.json only if it is still as read at ETag `read_at` (None: still absent)."""
+        key, data = self.key(PRODUCTION), json.dumps(state, indent=1).encode()
+        try:
+            with self._local_lock():
+                if isinstance(self.store, LocalStore) and read_at is not None:
+                    # A local folder has no conditional update: compare under the lock every writer takes.
+                    if obstore.head(self.store, key)["e_tag"] != read_at:
+                        raise PreconditionError("production.json changed")
+                    obstore.put(self.store, key, data)
+                else:
+                    obstore.put(self.store, key, data, mode="create" if read_at is None else {"e_tag": read_at})
+        except (AlreadyExistsError, PreconditionError):
+            raise RegistryError(
+                "production changed while this command ran (another promotion or rollback); "
+                "nothing was written: run it again"
+            ) from None
+
+    @contextlib.contextmanager
+    def _local_lock(self) -> Iterator[None]:
+        if not isinstance(self.store, LocalStore):
+            yield
+            return
+        folder = Path(self.store.prefix) / self.prefix
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / ".production.lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
 
 @dataclass(frozen=True)
@@ -150,14 +197,38 @@ class Decision:
     production_scores: dict[str, float] | None
 
 
-def _scores(registry: Registry, version: str, prepared: Path, workdir: Path) -> dict[str, float]:
+def _scores(registry: Registry, version: str, prepared: Path, workdir: Path, is_candidate: bool) -> dict[str, float]:
     model_dir = registry.download(version, workdir / version)
-    report = evaluate.evaluate(model_dir, evaluate.split_items(model_dir, prepared, "test"))
+    try:
+        items = evaluate.split_items(model_dir, prepared, "test")
+    except ValueError as error:  # other classes: the models cannot be compared on this split
+        raise RegistryError(str(error)) from None
+    if is_candidate:
+        _check_same_test_split(model_dir, prepared, items)
+    report = evaluate.evaluate(model_dir, items)
     scores = {name: report[name] for name in GATE_METRICS}
     returns = score_returns(model_dir, prepared)  # prepared with --extra reviewed returns
     if returns is not None:
         scores["returns_accuracy"], scores["returns_images"] = returns["accuracy"], returns["images"]
     return scores
+
+
+def _check_same_test_split(model_dir: Path, prepared: Path, items: list[tuple[bytes, int]]) -> None:
+    """The candidate's metrics.json says how many test images of each class it was scored on; a split
+    with other counts is not the one it held out (its "test" photos may be ones it trained on)."""
+    classes = load_classes(model_dir / "index_to_name.json")
+    held_out = {name: figures["support"] for name, figures in read_metrics(model_dir)["per_class"].items()}
+    counts = Counter(classes[label] for _, label in items)
+    differing = [f"{name} {counts[name]} vs {held_out[name]}" for name in held_out if counts[name] != held_out[name]]
+    if differing:
+        raise RegistryError(
+            f"the test split of {prepared} is not the one the candidate was evaluated on (test images per "
+            f"class here vs in its metrics.json: {', '.join(differing)}); gate on the split it was trained with"
+        )
+
+
+def read_metrics(model_dir: Path) -> dict:
+    return json.loads((model_dir / "metrics.json").read_text())
 
 
 def promote(
@@ -166,11 +237,15 @@ def promote(
     """Puts candidate into production if it beats production on `metric` by more than min_gain,
     both scored now, in-process, on the test split of `prepared`, and (when `prepared` holds reviewed
     returns, training.prepare --extra) is no less accurate on those. Records the decision either way."""
-    state = registry.state()
+    state, read_at = registry.read_state()
     current = state["version"]
     with tempfile.TemporaryDirectory() as workdir:
-        ours = _scores(registry, candidate, prepared, Path(workdir))
-        theirs = _scores(registry, current, prepared, Path(workdir)) if current and current != candidate else None
+        ours = _scores(registry, candidate, prepared, Path(workdir), is_candidate=True)
+        theirs = (
+            _scores(registry, current, prepared, Path(workdir), is_candidate=False)
+            if current and current != candidate
+            else None
+        )
     if current == candidate:
         promoted, reason = False, f"{candidate} is already in production"
     elif theirs is None:
@@ -194,19 +269,19 @@ def promote(
         state["previous"] = [*state["previous"], current] if current else state["previous"]
         state["version"] = candidate
     state["history"].append({"at": datetime.now(UTC).isoformat(), "action": "promote", **asdict(decision)})
-    registry.save_state(state)
+    registry.save_state(state, read_at)
     return decision
 
 
 def rollback(registry: Registry) -> tuple[str, str]:
     """Production goes back to the model it replaced; returns (from, to)."""
-    state = registry.state()
+    state, read_at = registry.read_state()
     if not state["previous"]:
         raise RegistryError("nothing to roll back to: production has not replaced an earlier model")
     current, state["version"] = state["version"], state["previous"].pop()
     entry = {"at": datetime.now(UTC).isoformat(), "action": "rollback", "from": current, "to": state["version"]}
     state["history"].append(entry)
-    registry.save_state(state)
+    registry.save_state(state, read_at)
     return current, state["version"]
 
 

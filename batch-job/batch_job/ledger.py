@@ -145,7 +145,7 @@ class Ledger:
 
     # -- runs -----------------------------------------------------------------------------
 
-    def start_run(self, run_id: str, shard: str, model_version: str, full_listing: bool) -> None:
+    def start_run(self, run_id: str, shard: str, model_version: str, full_listing: bool = False) -> None:
         with Session(self.engine) as session, session.begin():
             session.add(
                 Run(
