@@ -68,18 +68,31 @@ class Settings:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        for field in fields(cls):
-            env = ENV_PREFIX + field.name.upper()
-            kind = type(field.default)
-            raw = os.environ.get(env, os.environ.get(ENV_FALLBACKS.get(field.name, ""), field.default))
-            parser.add_argument(
-                "--" + field.name.replace("_", "-"),
-                type=kind,
-                default=kind(raw),
-                choices=("none", "copy", "move") if field.name == "route" else None,
-                help=f"{HELP[field.name]} (env {env}, default: {field.default!r})",
-            )
+        add_env_arguments(parser, cls, ENV_PREFIX, HELP, ENV_FALLBACKS, {"route": ("none", "copy", "move")})
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         return cls(**{field.name: getattr(args, field.name) for field in fields(cls)})
+
+
+def add_env_arguments(
+    parser: argparse.ArgumentParser,
+    settings: type,
+    prefix: str,
+    helps: dict[str, str],
+    fallbacks: dict[str, str] | None = None,
+    choices: dict[str, tuple[str, ...]] | None = None,
+) -> None:
+    """A flag per field of the `settings` dataclass, its default from the environment variable
+    prefix + NAME (else the one `fallbacks` names, else the field's default)."""
+    for field in fields(settings):
+        env = prefix + field.name.upper()
+        kind = type(field.default)
+        raw = os.environ.get(env, os.environ.get((fallbacks or {}).get(field.name, ""), field.default))
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            type=kind,
+            default=kind(raw),
+            choices=(choices or {}).get(field.name),
+            help=f"{helps[field.name]} (env {env}, default: {field.default!r})",
+        )

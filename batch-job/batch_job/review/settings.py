@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from batch_job.settings import add_env_arguments
 
 ENV_PREFIX = "REFUND_REVIEW_"
 HELP = {
@@ -39,15 +40,7 @@ class ReviewSettings:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        for field in fields(cls):
-            env = ENV_PREFIX + field.name.upper()
-            kind = type(field.default)
-            parser.add_argument(
-                "--" + field.name.replace("_", "-"),
-                type=kind,
-                default=kind(os.environ.get(env, field.default)),
-                help=f"{HELP[field.name]} (env {env}, default: {field.default!r})",
-            )
+        add_env_arguments(parser, cls, ENV_PREFIX, HELP)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReviewSettings:
