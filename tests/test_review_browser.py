@@ -33,9 +33,7 @@ from tests.review_support import (
 )
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (make sysdeps)"
-)
+APT_CHROMIUM = "apt-get update -qq && apt-get install -y -qq chromium chromium-driver (or make sysdeps)"
 FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -51,6 +49,8 @@ FLAGS = (
 @pytest.fixture
 def browsers() -> Iterator:
     """Opens headless Chromium windows, each with a fresh profile; all are closed afterwards."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail(f"the browser tests need Debian's chromium and chromium-driver: {APT_CHROMIUM}")
     opened = []
 
     def open_browser() -> webdriver.Chrome:
