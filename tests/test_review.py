@@ -47,6 +47,7 @@ from tests.review_support import (
 )
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+ITEM = re.compile(r'data-item="(\d+)"')
 
 
 @pytest.fixture(params=["sqlite+folder", "postgresql+s3"])
@@ -338,3 +339,24 @@ def test_refund_batch_review_serves_the_page_on_loopback(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_the_queue_pages_newest_night_first_and_filters_by_night_and_category(settings, tmp_path):
+    review = ReviewSettings(
+        users_file=str(users_file(tmp_path)), classes=str(classes_file(tmp_path, CLASSES)), page_size=2
+    )
+    older = seed_night(settings, utc(2026, 11, 30), [Doubtful(f"o{n}.jpg", guesses(n)) for n in range(2)])
+    newer = seed_night(settings, utc(2026, 12, 1), [Doubtful(f"n{n}.jpg", guesses(n)) for n in range(3)])
+    with review_app(settings, review) as app:
+        client, _ = logged_in(app.url, "alice")
+        pages = [client.get(f"/?page={page}").text for page in (1, 2, 3)]
+        by_night = client.get("/?night=2026-11-30").text
+        by_category = client.get(f"/?category={CLASSES[1]}").text
+        assert client.get("/?night=yesterday").status_code == 400
+    shown = [[int(item) for item in ITEM.findall(page)] for page in pages]
+    # Newest night first; within a night the least sure first, then by id (all equally sure here).
+    assert shown == [sorted(newer)[:2], [sorted(newer)[2], sorted(older)[0]], [sorted(older)[1]]]
+    assert "page 1 of 3" in pages[0] and 'rel="next"' in pages[0] and 'rel="next"' not in pages[2]
+    assert sorted(int(item) for item in ITEM.findall(by_night)) == sorted(older)
+    assert "2 waiting" in by_night and '<option value="2026-11-30" selected>' in by_night
+    assert [int(item) for item in ITEM.findall(by_category)] == [newer[1], older[1]]
