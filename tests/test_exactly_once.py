@@ -13,10 +13,13 @@ from pathlib import Path
 
 import obstore
 import pytest
+from batch_job import job
 from batch_job.__main__ import main
+from batch_job.client import TorchServeClient
 from batch_job.ledger import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING, Ledger, Outcome
 from batch_job.settings import Settings
 from batch_job.store import list_inbox
+from obstore.store import S3Store
 from sqlalchemy import text
 
 from common.objectstore import StoredObject, open_store
@@ -313,3 +316,26 @@ def test_a_result_whose_lease_was_taken_over_is_not_committed_nor_routed(tmp_pat
     assert [row.id for row in ledger.record([(fast, answer)], "fast-run", 3)] == [fast.id]
     (row,) = ledger.results()
     assert (row.run_id, row.attempts, row.route_to) == ("fast-run", 1, "sorted/Discs/a.jpg")
+
+
+def test_a_store_that_fails_reading_leaves_the_image_pending_without_an_attempt(tmp_path):
+    """An S3 endpoint that refuses connections (nothing listens on the discard port), asked once."""
+    store = S3Store(
+        "bucket",
+        endpoint="http://127.0.0.1:9",
+        access_key_id="x",
+        secret_access_key="y",
+        region="us-east-1",
+        client_options={"allow_http": True},
+        retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=1)},
+    )
+    ledger = Ledger(f"sqlite:///{tmp_path / 'results.db'}")
+    ledger.register([StoredObject(f"inbox/{DAY}/1.jpg", 10, datetime(2026, 11, 23, tzinfo=UTC), "e")])
+    (row,) = ledger.claim([i for i, _ in ledger.claimable()], "night", timedelta(minutes=5))
+    client = TorchServeClient("http://127.0.0.1:9", "refund-classifier", 1, 1.0, 0)
+    outcome = job.process(store, client, local_settings(tmp_path, "http://127.0.0.1:9"), 0.5, row)
+    client.close()
+    assert outcome.status == PENDING and outcome.error.startswith("could not read from store")
+    ledger.record([(row, outcome)], "night", max_attempts=1)
+    (row,) = ledger.results()
+    assert (row.status, row.attempts) == (PENDING, 0)  # not the image's fault: never dead-lettered for it
