@@ -1,48 +1,45 @@
-# syntax=docker/dockerfile:1.7
-# refund-sorter images (`make archive` first: the serve image bakes in the .mar).
+# The serve image: TorchServe with the model archive baked in (`make archive` first).
+# The nightly job's image is batch-job/Dockerfile. `make images` builds both.
 #
-#   docker build --target serve -t REGISTRY/refund-sorter-serve:0.1.0 .
-#   docker build --target batch -t REGISTRY/refund-sorter-batch:0.1.0 .
-#   docker push REGISTRY/refund-sorter-serve:0.1.0 && docker push REGISTRY/refund-sorter-batch:0.1.0
+#   docker build -t REGISTRY/refund-sorter-serve:0.1.0 .
 #
 # Build args:
-#   MODEL_MAR        the model archive baked into the serve image (default var/model-store/refund-classifier.mar;
-#                    .dockerignore admits var/model-store/*.mar only). It is served as refund-classifier.
-#   TORCH_INDEX_URL  where torch and torchvision come from (default: PyTorch's CPU index; empty: PyPI).
+#   BASE_IMAGE       the Python base (default python:3.11-slim-bookworm; the lab cluster builds a local stand-in).
+#   TORCH_INDEX_URL  an extra index with torch's CPU build (default: PyTorch's CPU index; pip prefers its
+#                    2.14.1+cpu to the default index's 2.14.1). Empty: PyPI's CUDA build, about 5 GB larger.
+#   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL   pip's own variables, e.g. for a mirror.
+#   MODEL_MAR        the model archive baked in (default var/model-store/refund-classifier.mar; .dockerignore
+#                    admits var/model-store/*.mar only). It is served as refund-classifier.
 #
 # The model is baked in, not fetched at start: an image tag is one model version, a rollback is a
 # tag (or digest) change, TorchServe pods need no object store credentials and start without a
 # network download, and what `make archive` tested is byte for byte what runs. (The chart's kserve
 # mode is the fetch-at-start alternative: KServe downloads the .mar from the object store.)
 
-FROM python:3.11-slim-bookworm AS base
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
+# checkov:skip=CKV_DOCKER_7: the base is a build arg whose default is a pinned tag (a stand-in may replace it)
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS deps
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# One unprivileged user for both images, with a uid no host account has (the chart runs as 10001).
+WORKDIR /src
+# The pins come from pyproject.toml's `serve` extra, so the image and `make venv` agree.
+COPY pyproject.toml ./
+# triton is torch.compile's kernel compiler, which the handler never uses: 0.9 GB where the CUDA build brings it.
+RUN python -c "import tomllib; open('requirements.txt', 'w').write('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['serve']))" \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r requirements.txt \
+ && /opt/venv/bin/pip uninstall --yes triton
+
+FROM ${BASE_IMAGE} AS serve
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# One unprivileged user, with a uid no host account has (the chart runs as 10001).
 RUN groupadd --gid 10001 refund \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin refund
-WORKDIR /src
-# Each component's pins come from pyproject.toml's extras, so the images and `make venv` agree.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; extras = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; \
-[open(f'requirements-{name}.txt', 'w').write('\n'.join(extras[name]) + '\n') for name in ('serve', 'batch')]"
-
-# --- serve: dependencies -----------------------------------------------------------------------
-FROM base AS serve-deps
-# pyproject pins torch==2.14.1, whose PyPI build pulls several GB of CUDA libraries. The CPU build
-# (2.14.1+cpu, which satisfies that pin) comes from PyTorch's CPU index; the rest from PyPI.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN python -m venv /opt/venv \
- && if [ -n "$TORCH_INDEX_URL" ]; then \
-      grep -E '^torch(vision)?==' requirements-serve.txt > requirements-torch.txt \
-      && /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" -r requirements-torch.txt; \
-    fi \
- && /opt/venv/bin/pip install -r requirements-serve.txt
-
-# --- serve: TorchServe with the model ----------------------------------------------------------
-FROM base AS serve
 # TorchServe's frontend needs Java 17; tini is PID 1, passes SIGTERM to the whole process group
 # (frontend and Python workers) and reaps the workers. The man1 folder works around openjdk's
 # postinst on slim images. Debian's versions are not pinned: bookworm's archive keeps only the
@@ -52,7 +49,7 @@ RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=serve-deps /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
 WORKDIR /opt/refund-sorter
 COPY handlers/log4j2.xml handlers/config.properties ./
 # The project's config, with inference and metrics on the container's address so `docker run -p`
@@ -79,23 +76,3 @@ ENTRYPOINT ["tini", "-g", "--", "torchserve", "--foreground", "--ncs", \
             "--model-store", "/opt/refund-sorter/model-store", \
             "--models", "refund-classifier=refund-classifier.mar"]
 CMD ["--ts-config", "/opt/refund-sorter/config.properties"]
-
-# --- batch: the nightly job --------------------------------------------------------------------
-FROM base AS batch-build
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install -r requirements-batch.txt
-COPY README.md ./
-COPY handlers/ handlers/
-COPY training/ training/
-COPY batch-job/batch_job/ batch-job/batch_job/
-RUN /opt/venv/bin/pip install --no-deps .
-
-FROM base AS batch
-ENV PATH=/opt/venv/bin:$PATH
-COPY --from=batch-build /opt/venv /opt/venv
-USER 10001:10001
-# Relative paths (the default sqlite:///var/results.db, var/store) land in the writable /tmp.
-WORKDIR /tmp
-# A run-to-completion job: Kubernetes watches its exit code, there is nothing to poll.
-HEALTHCHECK NONE
-ENTRYPOINT ["refund-batch"]
-CMD ["run"]

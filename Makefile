@@ -22,7 +22,7 @@ REGISTRY ?= var/registry
 MODEL_VERSION ?= production
 REGISTRY_CLI := $(PY) -m training.registry --registry $(REGISTRY)
 
-.PHONY: help venv sysdeps data train archive serve publish promote rollback serve-model stop inbox nightly report demo test bench-nightly lint clean
+.PHONY: help venv sysdeps data train archive serve publish promote rollback serve-model stop inbox nightly report demo test unit bench-nightly lint clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -102,10 +102,20 @@ demo:  ## set up and run everything end to end, printing each step's time
 	done; \
 	printf '\n=== step times\n%b' "$$timings"
 
-test: venv  ## unit and integration tests (real TorchServe over HTTP), the offline Kubernetes check, lint
+# Each step of `make test`, timed. unit: pytest (real TorchServe, S3, PostgreSQL, browser);
+# k8s-e2e: images built, loaded and installed into the cluster (tests/k8s/test_cluster.py).
+TEST_STEPS ?= unit k8s-check hadolint lint cluster-up k8s-e2e
+test: venv  ## every test: unit/integration, offline k8s check, Dockerfile and Python lint, nights in a real cluster
+	@timings=""; for step in $(TEST_STEPS); do \
+		printf '\n=== %s\n' "$$step"; started=$$(date +%s); \
+		$(MAKE) --no-print-directory $$step; status=$$?; \
+		timings="$$timings$$(printf '%-10s %5ss' $$step $$(( $$(date +%s) - started )))\n"; \
+		[ $$status -eq 0 ] || { printf '\n=== step times\n%b=== %s failed\n' "$$timings" "$$step"; exit 1; }; \
+	done; \
+	printf '\n=== step times\n%b' "$$timings"
+
+unit: venv  ## pytest without the cluster tests
 	$(PY) -m pytest
-	$(MAKE) --no-print-directory k8s-check
-	$(MAKE) --no-print-directory lint
 
 k8s-check: venv
 
@@ -117,6 +127,7 @@ lint:  ## ruff
 	$(VENV)/bin/ruff format --check .
 
 include k8s/check.mk
+include k8s/cluster.mk
 include tests/benchmarks/bench.mk
 
 clean:  ## remove generated data, models, stores and logs (keeps .venv)

@@ -44,15 +44,19 @@ def usable_cpus() -> int:
     return cpus
 
 
-def torch_threads(handler_config: dict, workers: int) -> int:
-    """Threads per worker: explicit setting, else the usable CPUs shared among workers.
+def torch_threads(handler_config: dict) -> int:
+    """Threads per worker: explicit setting, else the usable CPUs shared among the workers.
 
-    TorchServe's default (every worker using every core) oversubscribes the CPU and was
-    measured 3-5x slower than workers x threads = cores.
+    Torch's default (every worker using every core) oversubscribes the CPU and was measured
+    3-5x slower than workers x threads = cores. The worker count is the frontend's: the
+    TS_DEFAULT_WORKERS_PER_MODEL variable (config.properties enables TorchServe's env config)
+    where set, else TorchServe's default of one worker per usable CPU.
     """
     if handler_config.get("torch_threads"):
         return int(handler_config["torch_threads"])
-    return max(1, usable_cpus() // max(1, workers))
+    cpus = usable_cpus()
+    workers = int(os.environ.get("TS_DEFAULT_WORKERS_PER_MODEL") or cpus)
+    return max(1, cpus // max(1, workers))
 
 
 def decode_base64(text: object) -> bytes:
@@ -115,7 +119,7 @@ class RefundClassifier(BaseHandler):
     def initialize(self, context) -> None:
         model_dir = Path(context.system_properties["model_dir"])
         yaml_config = getattr(context, "model_yaml_config", None) or {}
-        threads = torch_threads(yaml_config.get("handler", {}), int(yaml_config.get("maxWorkers", 1)))
+        threads = torch_threads(yaml_config.get("handler", {}))
         torch.set_num_threads(threads)
 
         self.manifest = context.manifest

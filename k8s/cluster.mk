@@ -1,0 +1,55 @@
+# Images and a real cluster: included from the Makefile (which defines PY, MAR, SAMPLE).
+#   make images                  build the serve and batch images with Docker, print their sizes
+#   make k8s-e2e                 a whole night in a real cluster (KUBECONFIG), tests/k8s/test_cluster.py
+#   make cluster-up / cluster-down  the local single-node cluster of ../shared/k8s-lab, where it exists
+#
+# A user's cluster (kind, k3d, minikube) works the same: KUBECONFIG=... IMAGE_LOAD="kind load docker-image"
+# make k8s-e2e; images reach the cluster with IMAGE_LOAD (their names appended), e.g. a registry push script.
+
+IMAGE_TAG ?= 0.1.0
+SERVE_IMAGE ?= refund-sorter-serve
+BATCH_IMAGE ?= refund-sorter-batch
+MODEL_MAR ?= $(MAR)
+DOCKER ?= docker
+# Extra `docker build` arguments; with the lab: its stand-in base image and its local wheel mirror.
+DOCKER_BUILD_ARGS ?= $(LAB_BUILD_ARGS)
+LAB ?= ../shared/k8s-lab/lab
+ifneq ($(wildcard $(LAB)),)
+LAB_ENV = eval "$$($(LAB) env)" &&
+LAB_BUILD_ARGS = --network host --build-arg BASE_IMAGE=local/python:3.11-slim-bookworm \
+	--build-arg TORCH_INDEX_URL= --build-arg PIP_EXTRA_INDEX_URL="$$LAB_PIP_INDEX"
+IMAGE_LOAD ?= $(LAB) load
+endif
+K8S_E2E_ARGS ?=
+LAB_DOWN_ARGS ?=
+
+.PHONY: images serve-image batch-image k8s-e2e cluster-up cluster-down hadolint
+
+images: serve-image batch-image  ## build both images with Docker (IMAGE_TAG, MODEL_MAR, DOCKER_BUILD_ARGS)
+
+serve-image: $(MODEL_MAR)  ## the TorchServe image with MODEL_MAR baked in
+	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) --build-arg MODEL_MAR=$(MODEL_MAR) -t $(SERVE_IMAGE):$(IMAGE_TAG) .
+	@$(LAB_ENV) $(DOCKER) image inspect --format '$(SERVE_IMAGE):$(IMAGE_TAG) {{.Size}}' $(SERVE_IMAGE):$(IMAGE_TAG) \
+		| awk '{printf "%s: %.0f MB\n", $$1, $$2 / 1e6}'
+
+batch-image:  ## the nightly job's image (no torch)
+	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) -f batch-job/Dockerfile -t $(BATCH_IMAGE):$(IMAGE_TAG) .
+	@$(LAB_ENV) $(DOCKER) image inspect --format '$(BATCH_IMAGE):$(IMAGE_TAG) {{.Size}}' $(BATCH_IMAGE):$(IMAGE_TAG) \
+		| awk '{printf "%s: %.0f MB\n", $$1, $$2 / 1e6}'
+
+hadolint: venv  ## lint both Dockerfiles (every ignore is commented where it stands)
+	$(VENV)/bin/hadolint Dockerfile batch-job/Dockerfile
+
+k8s-e2e: venv k8s-tools  ## build, load and install into KUBECONFIG's cluster; run whole nights with faults
+	$(LAB_ENV) PATH="$(CURDIR)/tools/bin:$$PATH" IMAGE_LOAD="$(IMAGE_LOAD)" \
+		$(PY) -m pytest -s tests/k8s/test_cluster.py -m cluster $(K8S_E2E_ARGS)
+
+cluster-up:  ## start the lab cluster with its base image and wheel mirror (elsewhere: check KUBECONFIG is set)
+ifneq ($(wildcard $(LAB)),)
+	$(LAB) up && $(LAB) base-image && $(LAB) pip-mirror
+else
+	@test -n "$$KUBECONFIG" || { echo "KUBECONFIG is not set: point it at a cluster (kind, k3d, minikube)" >&2; exit 1; }
+endif
+
+cluster-down:  ## stop the lab cluster; LAB_DOWN_ARGS=--purge also deletes its images and state
+	$(LAB) down $(LAB_DOWN_ARGS)

@@ -1,0 +1,451 @@
+"""A whole night in a real Kubernetes cluster, with the faults a cluster has (`make k8s-e2e`).
+
+Needs the cluster given by KUBECONFIG, a Docker engine, helm and kubectl on PATH, and IMAGE_LOAD: the
+command that makes local images available to the cluster, the image names appended (`lab load`,
+`kind load docker-image`, `minikube image load`, or a script that pushes to the cluster's registry).
+S3 (SeaweedFS) and PostgreSQL run outside the cluster on K8S_NODE_IP (default: the node's
+InternalIP), as a cloud's managed services would. The tests run in order, on one release in a
+namespace of their own, which is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import obstore
+import pytest
+import sqlalchemy
+import yaml
+
+from tests.k8s.cluster import (
+    CommandFailed,
+    diagnose,
+    helm,
+    job_state,
+    kubectl,
+    kubectl_json,
+    report,
+    run,
+    wait_for,
+)
+from tests.servers import postgres_server, s3_server
+from training import archive, train
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "refund-sorter"
+SAMPLE = Path(os.environ.get("SAMPLE", ROOT.parent / "shared" / "datasets" / "returns-photos-sample"))
+RELEASE = "refunds"
+SERVING = f"{RELEASE}-refund-sorter-torchserve"
+CRONJOB = f"{RELEASE}-refund-sorter-batch"
+BUCKET = "refund-e2e"
+NIGHT_TIMEOUT_S = 420
+# Slow enough that a fault lands mid-night, with claims that expire soon after a killed batch pod.
+BATCH_ENV = {"REFUND_CONCURRENCY": "4", "REFUND_LEASE_SECONDS": "30"}
+DONE = ("ok", "needs_review")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+    """The node's address; fails (never skips) where no cluster answers."""
+    if not os.environ.get("KUBECONFIG"):
+        pytest.fail("KUBECONFIG is not set: start a cluster (make lab-up, kind, k3d, minikube) and point it there")
+    if not os.environ.get("IMAGE_LOAD"):
+        pytest.fail("IMAGE_LOAD is not set: the command that loads local images into the cluster")
+    try:
+        kubectl("get", "--raw", "/readyz", timeout=20)
+    except (CommandFailed, subprocess.TimeoutExpired) as error:
+        pytest.fail(f"the cluster of KUBECONFIG={os.environ['KUBECONFIG']} does not answer: {error}")
+    if not (SAMPLE / "images").is_dir():
+        pytest.fail(f"no returned-item photos in {SAMPLE}/images (set SAMPLE)")
+    if address := os.environ.get("K8S_NODE_IP"):
+        return address
+    node = kubectl_json("get", "nodes")["items"][0]
+    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+
+
+@pytest.fixture(scope="module")
+def images(cluster, trained_model, prepared, tmp_path_factory) -> dict[str, str]:
+    """Serve images of two model versions (a, b) and the batch image, built with `make` and loaded.
+
+    E2E_IMAGE_TAG=<tag> reuses the images of an earlier run that are still in the cluster (its tag is
+    printed), to repeat the nights without building and loading again.
+    """
+    if tag := os.environ.get("E2E_IMAGE_TAG"):
+        report(f"reusing the images tagged {tag}-a, {tag}-b and {tag} already in the cluster")
+        yield {"a": f"{tag}-a", "b": f"{tag}-b", "batch": tag}
+        return
+    tag = "e2e-" + secrets.token_hex(3)
+    second = tmp_path_factory.mktemp("model-b")
+    train.main(["--prepared", str(prepared), "--out", str(second), "--epochs", "1", "--workers", "0", "--seed", "1"])
+    built: dict[str, str] = {}
+    marstore = ROOT / "var" / "model-store"
+    for name, model in (("a", trained_model), ("b", second)):
+        mar = archive.archive(
+            model,
+            tmp_path_factory.mktemp("mar"),
+            "refund-classifier",
+            archive.HANDLERS / "model-config.yaml",
+            tmp_path_factory.mktemp("build"),
+        )
+        staged = marstore / f"{tag}-{name}.mar"  # inside the build context (.dockerignore admits it)
+        marstore.mkdir(parents=True, exist_ok=True)
+        staged.write_bytes(mar.read_bytes())
+        report(f"building the serve image with model {name}")
+        make("serve-image", f"IMAGE_TAG={tag}-{name}", f"MODEL_MAR={staged.relative_to(ROOT)}")
+        staged.unlink()
+        built[name] = f"{tag}-{name}"
+    report("building the batch image")
+    make("batch-image", f"IMAGE_TAG={tag}")
+    built["batch"] = tag
+    names = [f"refund-sorter-serve:{built['a']}", f"refund-sorter-serve:{built['b']}", f"refund-sorter-batch:{tag}"]
+    started = time.monotonic()
+    run(*shlex.split(os.environ["IMAGE_LOAD"]), *names, timeout=1200)
+    report(f"loaded {len(names)} images into the cluster in {time.monotonic() - started:.0f} s (E2E_IMAGE_TAG={tag})")
+    yield built
+    run("docker", "image", "rm", *names, check=False)  # repeated runs must not fill the disk
+
+
+def make(*args: str) -> None:
+    started = time.monotonic()
+    out = run("make", "--no-print-directory", "-C", str(ROOT), *args, timeout=1800)
+    report(f"make {' '.join(args)}: {time.monotonic() - started:.0f} s; {out.strip().splitlines()[-1]}")
+
+
+@pytest.fixture(scope="module")
+def services(cluster):
+    """PostgreSQL and S3 outside the cluster, on the node's address, with passwords only pods are given."""
+    with (
+        postgres_server(host=cluster, clients=("0.0.0.0/0",)) as database_url,
+        s3_server(BUCKET, host=cluster) as s3,
+    ):
+        yield database_url, s3
+
+
+@pytest.fixture(scope="module")
+def namespace(cluster):
+    name = "refund-e2e-" + secrets.token_hex(3)
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(autouse=True)
+def explain_failures(request, namespace):
+    """On a failing test, print what the cluster says: events, and the unhealthy pods' state and logs."""
+    yield
+    if getattr(request.node, "rep_call", None) and request.node.rep_call.failed:
+        print(diagnose(namespace))
+
+
+@pytest.fixture(scope="module")
+def values(services, images, tmp_path_factory) -> Path:
+    s3 = services[1]
+    path = tmp_path_factory.mktemp("values") / "values.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "image": {"serveTag": images["a"], "batchTag": images["batch"], "pullPolicy": "IfNotPresent"},
+                "batch": {
+                    "store": {
+                        "url": f"s3://{BUCKET}",
+                        "endpoint": s3.endpoint,
+                        "allowHttp": True,
+                        "region": "us-east-1",
+                    },
+                    "backoffLimit": 4,
+                    "env": BATCH_ENV,
+                },
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def release(namespace, services, values):
+    """The chart installed with --wait: the small-cluster profile and the Secrets it expects to exist."""
+    database_url, s3 = services
+    kubectl(
+        "-n", namespace, "create", "secret", "generic", "refund-sorter-database", f"--from-literal=url={database_url}"
+    )
+    kubectl(
+        "-n",
+        namespace,
+        "create",
+        "secret",
+        "generic",
+        "refund-sorter-store",
+        f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}",
+    )
+    started = time.monotonic()
+    try:
+        helm(
+            "install",
+            RELEASE,
+            str(CHART),
+            "-n",
+            namespace,
+            "-f",
+            str(CHART / "values-small.yaml"),
+            "-f",
+            str(values),
+            "--wait",
+            "--timeout",
+            "6m",
+        )
+    except CommandFailed:
+        print(diagnose(namespace))
+        raise
+    rolled_out(namespace)
+    report(f"helm install --wait, both TorchServe pods Ready: {time.monotonic() - started:.0f} s")
+    yield RELEASE
+    helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False)
+
+
+@pytest.fixture(scope="module")
+def ledger(services):
+    engine = sqlalchemy.create_engine(services[0])
+    yield engine
+    engine.dispose()
+
+
+def rolled_out(namespace: str) -> None:
+    """Every serving pod of the current template Ready (helm's --wait can return before that)."""
+    kubectl("-n", namespace, "rollout", "status", f"deployment/{SERVING}", "--timeout=6m", timeout=400)
+
+
+def upgrade(namespace: str, *settings: str) -> None:
+    started = time.monotonic()
+    helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespace,
+        "--reuse-values",
+        *(a for s in settings for a in ("--set", s)),
+        "--wait",
+        "--timeout",
+        "6m",
+    )
+    rolled_out(namespace)
+    report(f"helm upgrade {' '.join(settings)}, rolled out: {time.monotonic() - started:.0f} s")
+
+
+def put_photos(s3, night: str, count: int = 200, copies: int = 1) -> list[str]:
+    """The returned-item photos into today's inbox partition, in a folder of this night's own
+    (`copies` times each, under other names, for a night long enough to outlast a rollout)."""
+    store = s3.store()
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    keys = []
+    for copy in range(copies):
+        for photo in sorted((SAMPLE / "images").glob("*.jpg"))[:count]:
+            key = f"inbox/{day}/{night}/{copy}-{photo.name}"
+            obstore.put(store, key, photo.read_bytes())
+            keys.append(key)
+    return keys
+
+
+def start_night(namespace: str, night: str) -> str:
+    kubectl("-n", namespace, "create", "job", f"--from=cronjob/{CRONJOB}", night)
+    return night
+
+
+def finish_night(namespace: str, job: str) -> float:
+    started = time.monotonic()
+    state = wait_for(f"job {job} to end", lambda: job_state(namespace, job), NIGHT_TIMEOUT_S, every=2)
+    assert state == "Complete", (
+        f"job {job} ended {state}:\n{kubectl('-n', namespace, 'logs', f'job/{job}', '--tail=60', check=False)}"
+    )
+    return time.monotonic() - started
+
+
+def results(ledger, keys: list[str]) -> list[tuple[str, str, str]]:
+    with ledger.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.text("SELECT object_key, status, model_version FROM results WHERE object_key LIKE :night"),
+            {"night": keys[0].rsplit("/", 1)[0] + "/%"},
+        ).all()
+    return [tuple(row) for row in rows]
+
+
+def decided(ledger, keys: list[str]) -> int:
+    return sum(status in DONE for _, status, _ in results(ledger, keys))
+
+
+def assert_exactly_once(ledger, keys: list[str]) -> list[tuple[str, str, str]]:
+    rows = results(ledger, keys)
+    per_key = Counter(key for key, _, _ in rows)
+    assert set(per_key) == set(keys), f"missing: {sorted(set(keys) - set(per_key))[:5]}"
+    assert max(per_key.values()) == 1, f"more than one result: {[k for k, n in per_key.items() if n > 1][:5]}"
+    statuses = Counter(status for _, status, _ in rows)
+    assert set(statuses) <= set(DONE), f"not every photo classified: {statuses}"
+    return rows
+
+
+def mid_night(namespace: str, job: str, ledger, keys: list[str]) -> None:
+    """Returns once the night has recorded results and is still going: the moment for a fault."""
+    wait_for(f"{job}'s first results", lambda: decided(ledger, keys) > 0, NIGHT_TIMEOUT_S, every=0.5)
+    assert job_state(namespace, job) is None, f"{job} ended before the fault could be injected"
+    assert decided(ledger, keys) < len(keys)
+
+
+def pods(namespace: str, selector: str) -> list[dict]:
+    return kubectl_json("-n", namespace, "get", "pods", "-l", selector)["items"]
+
+
+def serving_pods(namespace: str) -> list[dict]:
+    return pods(namespace, "app.kubernetes.io/component=serving")
+
+
+# ------------------------------------------------------------------------------------------- tests
+
+
+def test_install_passes_probes_with_the_hardened_security_context(namespace, release):
+    running = serving_pods(namespace)
+    assert len(running) == 2
+    for pod in running:
+        assert all(c["ready"] and c["restartCount"] == 0 for c in pod["status"]["containerStatuses"])
+        context = pod["spec"]["containers"][0]["securityContext"]
+        assert context["readOnlyRootFilesystem"] and context["runAsNonRoot"] and not context["allowPrivilegeEscalation"]
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert pod["spec"]["securityContext"]["runAsUser"] == 10001
+        assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(pod["spec"]["containers"][0])
+    # The test pod exits 0 only on /ping's 200; it is deleted once it succeeded (hook-delete-policy).
+    out = helm("test", RELEASE, "-n", namespace, timeout=300)
+    assert re.search(r"Phase:\s+Succeeded", out), out
+
+
+def test_a_night_classifies_every_photo_once_and_publishes_its_report(namespace, release, services, ledger):
+    keys = put_photos(services[1], "night-1", count=60)
+    seconds = finish_night(namespace, start_night(namespace, "night-1"))
+    assert_exactly_once(ledger, keys)
+    store = services[1].store()
+    reports = [m["path"] for page in obstore.list(store, prefix="runs/") for m in page]
+    assert any(path.endswith("report.html") for path in reports), reports
+    report(f"night-1: {len(keys)} photos in {seconds:.0f} s")
+
+
+def test_a_torchserve_pod_force_deleted_mid_night_loses_nothing(namespace, release, services, ledger):
+    keys = put_photos(services[1], "night-2")
+    job = start_night(namespace, "night-2")
+    mid_night(namespace, job, ledger, keys)
+    victim = serving_pods(namespace)[0]["metadata"]["name"]
+    kubectl("-n", namespace, "delete", "pod", victim, "--grace-period=0", "--force")
+    report(f"night-2: deleted {victim} at {decided(ledger, keys)}/{len(keys)}")
+    finish_night(namespace, job)
+    assert_exactly_once(ledger, keys)
+
+
+def test_a_model_promotion_during_a_night_keeps_inference_up(namespace, release, services, images, ledger):
+    keys = put_photos(services[1], "night-3", copies=2)
+    job = start_night(namespace, "night-3")
+    mid_night(namespace, job, ledger, keys)
+    assert kubectl_json("-n", namespace, "get", "pdb", SERVING)["spec"]["maxUnavailable"] == 1
+    upgrade(namespace, f"image.serveTag={images['b']}")
+    assert job_state(namespace, job) is None, "the night ended before the rollout did: nothing was promoted mid-night"
+    finish_night(namespace, job)
+    rows = assert_exactly_once(ledger, keys)
+    versions = Counter(version for _, _, version in rows)
+    report(f"night-3: model versions that answered: {versions}")
+    assert len(versions) == 2, "each row records the version that answered: both models served this night"
+    for pod in serving_pods(namespace):
+        assert pod["spec"]["containers"][0]["image"].endswith(images["b"])
+
+
+def test_a_batch_pod_deleted_mid_night_is_finished_by_the_jobs_retry(namespace, release, services, ledger):
+    keys = put_photos(services[1], "night-4")
+    job = start_night(namespace, "night-4")
+    mid_night(namespace, job, ledger, keys)
+    (victim,) = pods(namespace, f"job-name={job}")
+    kubectl("-n", namespace, "delete", "pod", victim["metadata"]["name"], "--grace-period=0", "--force")
+    report(f"night-4: deleted the batch pod at {decided(ledger, keys)}/{len(keys)}")
+    finish_night(namespace, job)
+    assert kubectl_json("-n", namespace, "get", "job", job)["status"].get("failed", 0) >= 1
+    assert_exactly_once(ledger, keys)
+
+
+def test_two_indexed_pods_share_one_night(namespace, release, services, ledger):
+    upgrade(namespace, "batch.parallelism=2")
+    keys = put_photos(services[1], "night-5")
+    job = start_night(namespace, "night-5")
+    finish_night(namespace, job)
+    status = kubectl_json("-n", namespace, "get", "job", job)["status"]
+    assert status["succeeded"] == 2 and status.get("completedIndexes") == "0,1", status
+    assert_exactly_once(ledger, keys)
+
+
+def test_scale_to_zero_with_a_service_account_that_can_do_nothing_else(namespace, release, services, ledger):
+    upgrade(namespace, "batch.parallelism=1", "batch.scaleToZero.enabled=true", "batch.scaleToZero.replicas=2")
+    account = f"system:serviceaccount:{namespace}:{CRONJOB}"
+
+    def can(*args: str) -> bool:
+        return kubectl("auth", "can-i", "--as", account, "-n", namespace, *args, check=False).strip() == "yes"
+
+    assert can("patch", f"deployments/{SERVING}", "--subresource=scale")
+    assert can("get", f"deployments/{SERVING}", "--subresource=status")
+    assert not can("patch", f"deployments/{SERVING}")
+    assert not can("delete", f"deployments/{SERVING}")
+    assert not can("patch", "deployments/another", "--subresource=scale")
+    assert not can("get", "secrets")
+    assert not can("list", "pods")
+    assert not can("create", "jobs")
+
+    # A first night takes over the running TorchServe and leaves it at 0.
+    keys = put_photos(services[1], "night-6", count=40)
+    finish_night(namespace, start_night(namespace, "night-6"))
+    assert_exactly_once(ledger, keys)
+    assert deployment_replicas(namespace) == 0
+
+    # From 0: the job scales up, waits for readiness, runs, scales back; a `helm upgrade` mid-night
+    # must leave the running replicas alone.
+    keys = put_photos(services[1], "night-7", copies=2)
+    job = start_night(namespace, "night-7")
+    mid_night(namespace, job, ledger, keys)
+    assert deployment_replicas(namespace) == 2
+    upgrade(namespace, "batch.successfulJobsHistoryLimit=4")  # an upgrade that leaves the Deployment's template
+    assert job_state(namespace, job) is None, "the night ended during the upgrade: nothing was tested"
+    assert deployment_replicas(namespace) == 2
+    finish_night(namespace, job)
+    assert_exactly_once(ledger, keys)
+    wait_for("TorchServe back at 0 replicas", lambda: deployment_replicas(namespace) == 0, 60)
+
+
+def deployment_replicas(namespace: str) -> int:
+    return kubectl_json("-n", namespace, "get", "deployment", SERVING)["spec"]["replicas"]
+
+
+def test_the_prod_overlay_is_accepted_by_the_api_server(namespace):
+    """kubectl apply --dry-run=server of k8s/overlays/prod, moved into this test's namespace."""
+    documents = [d for d in yaml.safe_load_all(kubectl("kustomize", str(ROOT / "k8s" / "overlays" / "prod"))) if d]
+    objects = [d for d in documents if d["kind"] != "Namespace"]
+    for document in objects:
+        document["metadata"]["namespace"] = namespace
+    out = kubectl("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(objects))
+    assert len(re.findall(r"\(server dry run\)", out)) == len(objects), out
+
+
+def test_uninstall_leaves_nothing_of_the_release(namespace, release):
+    helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "3m")
+    kinds = "all,configmaps,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies,hpa"
+
+    def nothing_left() -> bool:
+        left = kubectl("-n", namespace, "get", kinds, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name")
+        return not left.strip()
+
+    with contextlib.suppress(AssertionError):
+        wait_for("the release's objects to go", nothing_left, 120, every=2)
+    left = kubectl("-n", namespace, "get", kinds, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name")
+    assert not left.strip(), f"left behind by helm uninstall:\n{left}"
