@@ -8,15 +8,15 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import obstore
 import uvicorn
+from batch_job import job
 from batch_job.ledger import NEEDS_REVIEW, Ledger, Outcome
 from batch_job.review.auth import hash_line
-from batch_job.review.photos import Photos
 from batch_job.review.serve import build
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
@@ -42,12 +42,18 @@ def guesses(index: int) -> list[tuple[str, float]]:
     return [(first, 0.41), (second, 0.33), (third, 0.12)]
 
 
-def seed_night(settings: Settings, night: datetime, items: list[Doubtful], photo_size=(120, 160)) -> list[int]:
+def seed_night(
+    settings: Settings,
+    night: datetime,
+    items: list[Doubtful],
+    photo_size=(120, 160),
+    routing_failed: tuple[str, ...] = (),
+) -> list[int]:
     """Photos in the inbox, classified as needs_review by a run on `night`, routed as the job routes.
 
-    Goes through the ledger's own register/claim/record and the store's routing, as a night does,
-    with the model's answers given instead of asked from TorchServe. Returns the items' result ids,
-    in the order of `items`.
+    Goes through the ledger's own register/claim/record and the job's routing state, as a night does,
+    with the model's answers given instead of asked from TorchServe; the items named in
+    `routing_failed` stay in the inbox, unrouted. Returns the items' result ids, in the order of `items`.
     """
     store, ledger = open_store(settings.store), Ledger(settings.database_url)
     day = night.date().isoformat()
@@ -74,12 +80,12 @@ def seed_night(settings: Settings, night: datetime, items: list[Doubtful], photo
             model_name="refund-classifier",
             model_version="v1",
         )
-        results.append((row, outcome))
+        results.append((row, replace(outcome, route_to=job.destination(settings, row.object_key, outcome))))
     ledger.record(results, run_id, max_attempts=3)
-    photos = Photos(store, settings.inbox_prefix, settings.route, "thumbnails/")
-    for row, _ in results:
-        if settings.route != "none":
-            route_object(store, row.object_key, photos.review_key(row), move=settings.route == "move")
+    for row, outcome in results:
+        if outcome.route_to and row.object_key.rsplit("/", 1)[1] not in routing_failed:
+            route_object(store, row.object_key, outcome.route_to, move=settings.route == "move")
+            ledger.mark_routed(row.id)
     ledger.finish_run(run_id, night.date(), {})
     ledger.engine.dispose()
     id_of = {row.object_key.rsplit("/", 1)[1]: row.id for row, _ in results}

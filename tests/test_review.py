@@ -18,7 +18,7 @@ import httpx
 import obstore
 import pytest
 from alembic import command
-from batch_job import html_report, migrate
+from batch_job import html_report, job, migrate
 from batch_job.__main__ import main
 from batch_job.client import ServedModel
 from batch_job.job import RunStats
@@ -142,6 +142,11 @@ def test_a_decision_is_stored_with_the_model_answer_kept_and_the_photo_moved(set
     assert (rows[first].category, rows[first].top3[0]["category"]) == (CLASSES[0], CLASSES[0])  # the model's answer
     assert rows[first].reviewed_at is not None
     assert (rows[second].status, rows[second].final_category) == (UNUSABLE, None)
+    assert (rows[first].route_to, rows[second].route_to) == (
+        "sorted/Rings/2026-12-01/a.jpg",
+        "unusable/2026-12-01/b.jpg",
+    )
+    assert Ledger(settings.database_url).unrouted() == []  # nothing left for the night's routing retry
     assert keys(settings, "review/") == []
     assert keys(settings, "sorted/") == ["sorted/Rings/2026-12-01/a.jpg"]
     assert keys(settings, "unusable/") == ["unusable/2026-12-01/b.jpg"]
@@ -360,3 +365,39 @@ def test_the_queue_pages_newest_night_first_and_filters_by_night_and_category(se
     assert sorted(int(item) for item in ITEM.findall(by_night)) == sorted(older)
     assert "2 waiting" in by_night and '<option value="2026-11-30" selected>' in by_night
     assert [int(item) for item in ITEM.findall(by_category)] == [newer[1], older[1]]
+
+
+def test_an_item_whose_nightly_routing_failed_goes_from_the_inbox_straight_to_its_decided_folder(settings, review):
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))], routing_failed=("a.jpg",))
+    [row] = Ledger(settings.database_url).unrouted()
+    assert row.route_to == "review/2026-12-01/a.jpg" and keys(settings, "review/") == []
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        assert client.get(f"/photo/{item}").status_code == 200  # shown from the inbox
+        answer = client.post(f"/decide/{item}", data={"final": "Cones", "csrf": token}, headers={"x-review-fetch": "1"})
+    assert answer.status_code == 200 and "moved to <code>sorted/Cones/2026-12-01/a.jpg</code>" in answer.text
+    assert keys(settings, "sorted/") == ["sorted/Cones/2026-12-01/a.jpg"]
+    assert keys(settings, "inbox/") == [] and keys(settings, "review/") == []
+    assert Ledger(settings.database_url).unrouted() == []  # the night will not route it into review/ again
+
+
+def test_a_failed_move_of_a_decided_photo_is_finished_by_the_nights_routing_retry(tmp_path):
+    settings = Settings(
+        store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}", route="move"
+    )
+    review = ReviewSettings(users_file=str(users_file(tmp_path)), classes=str(classes_file(tmp_path, CLASSES)))
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))], routing_failed=("a.jpg",))
+    blocker = tmp_path / "store/sorted/Cones/2026-12-01/a.jpg"
+    blocker.mkdir(parents=True)  # a folder where the photo should go: the store refuses the copy
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        answer = client.post(f"/decide/{item}", data={"final": "Cones", "csrf": token}, headers={"x-review-fetch": "1"})
+    assert answer.status_code == 200 and "decided, but the photo could not be moved" in answer.text
+    ledger = Ledger(settings.database_url)
+    [row] = ledger.unrouted()
+    assert (row.status, row.route_to) == (REVIEWED, "sorted/Cones/2026-12-01/a.jpg")
+    blocker.rmdir()
+    model = ServedModel("refund-classifier", "v1", CLASSES, 0.5, {})
+    job.route(open_store(settings.store), settings, ledger, RunStats("r", "0/1", model, 0.5), ledger.unrouted())
+    assert keys(settings, "sorted/") == ["sorted/Cones/2026-12-01/a.jpg"] and keys(settings, "inbox/") == []
+    assert ledger.unrouted() == [] and keys(settings, "review/") == []

@@ -176,21 +176,26 @@ class ReviewApp:
             return self.answer(request, form, 400, {"error": f"{final!r} is not one of the model's classes"})
         try:
             if final is not None and self.photos.route != "none":
-                folder_name(final)
+                folder_name(final)  # before anything is stored
         except UnsafeName as exc:
             return self.answer(request, form, 400, {"error": str(exc)})
-        outcome = decisions.decide(self.engine, request.path_params["item"], name, final)
-        row = outcome.row
-        if row is None:
+        before = decisions.item(self.engine, request.path_params["item"])
+        if before is None:
             return self.answer(request, form, 404, {"error": "no such item"})
+        destination = self.photos.decision_route(before, final)
+        outcome = decisions.decide(self.engine, before.id, name, final, destination)
+        row = outcome.row
         note = {"key": row.object_key, "final": row.final_category, "at": f"{row.reviewed_at:%H:%M:%S}"}
         if not outcome.won:
             return self.answer(request, form, 409, {**note, "first": row.reviewed_by})
-        try:
-            note["moved"] = self.photos.route_decision(row, final)
-        except Exception as exc:  # the decision stands; the photo stays in review/ and the reason is shown
-            log.exception("could not move a decided photo", extra={"key": row.object_key})
-            note["error"] = f"{row.object_key} decided, but the photo could not be moved: {exc}"
+        if destination is not None:
+            try:
+                self.photos.route_decision(before, destination)
+                decisions.routed(self.engine, row.id, destination)
+                note["moved"] = destination
+            except Exception as exc:  # the decision stands; where the photo is stays recorded
+                log.exception("could not move a decided photo", extra={"key": row.object_key})
+                note["error"] = f"{row.object_key} decided, but the photo could not be moved: {exc}"
         log.info("decided", extra={"reviewer": name, "key": row.object_key, "final": final})
         return self.answer(request, form, 200, note)
 

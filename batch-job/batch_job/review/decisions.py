@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy import Engine, and_, case, func, select, update
 from sqlalchemy.orm import Session
 
 from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Result, aware, utcnow
@@ -86,8 +86,17 @@ class Outcome:
     row: Result | None
 
 
-def decide(engine: Engine, row_id: int, reviewer: str, final_category: str | None) -> Outcome:
-    """Store a reviewer's decision unless someone decided the item first; None means unusable."""
+def decide(
+    engine: Engine, row_id: int, reviewer: str, final_category: str | None, destination: str | None = None
+) -> Outcome:
+    """Store a reviewer's decision unless someone decided the item first; None means unusable.
+
+    `destination` (routing on) replaces the route of a row whose nightly routing has not happened
+    yet (it failed): should the decision's own move fail too, the night's routing retry takes the
+    photo from the inbox straight there, never into review/.
+    """
+    pending = and_(Result.routed_at.is_(None), Result.route_to.is_not(None))
+    routing = {"route_to": case((pending, destination), else_=Result.route_to)} if destination else {}
     with Session(engine) as session, session.begin():
         won = session.execute(
             update(Result)
@@ -97,10 +106,17 @@ def decide(engine: Engine, row_id: int, reviewer: str, final_category: str | Non
                 final_category=final_category,
                 reviewed_by=reviewer,
                 reviewed_at=utcnow(),
+                **routing,
             )
             .execution_options(synchronize_session=False)
         ).rowcount
     return Outcome(bool(won), item(engine, row_id))
+
+
+def routed(engine: Engine, row_id: int, destination: str) -> None:
+    """The decided photo is at `destination` now."""
+    with Session(engine) as session, session.begin():
+        session.execute(update(Result).where(Result.id == row_id).values(route_to=destination, routed_at=utcnow()))
 
 
 @dataclass(frozen=True)

@@ -57,13 +57,20 @@ class Photos:
         put_object(self.store, key, data)
         return data
 
+    def current_key(self, row: Result) -> str:
+        """Where the photo is now: where the night (or a decision) routed it; the inbox while routing is
+        off or has not happened yet; review/ for rows from before the routing state (revision 0003)."""
+        if row.routed_at is not None:
+            return row.route_to
+        if row.route_to is None and self.route != "none":
+            return self.review_key(row)
+        return row.object_key
+
     def original(self, row: Result) -> bytes:
         """The photo itself, wherever routing has put it by now."""
-        candidates = [row.object_key]
+        candidates = [self.current_key(row), row.object_key]
         if self.route != "none":
-            candidates.insert(0, self.review_key(row))
-            if row.reviewed_at is not None:
-                candidates.append(self.decided_key(row, row.final_category))
+            candidates.append(self.review_key(row))  # a row from before the routing state, decided since
         for key in candidates:
             try:
                 return read_object(self.store, key)
@@ -71,10 +78,12 @@ class Photos:
                 continue
         raise FileNotFoundError(f"no photo for {row.object_key} in the store")
 
-    def route_decision(self, row: Result, final_category: str | None) -> str | None:
-        """Move review/<key> to its decided folder; returns where it went (None: routing is off)."""
-        if self.route == "none":
-            return None
-        destination = self.decided_key(row, final_category)
-        route_object(self.store, self.review_key(row), destination, move=True)
-        return destination
+    def decision_route(self, row: Result, final_category: str | None) -> str | None:
+        """Where a decided item's photo goes (None: routing is off)."""
+        return None if self.route == "none" else self.decided_key(row, final_category)
+
+    def route_decision(self, before: Result, destination: str) -> None:
+        """Move the photo from where it was before the decision to `destination`: out of review/,
+        or (its nightly routing failed) from the inbox, copied or moved as the night routes."""
+        source = self.current_key(before)
+        route_object(self.store, source, destination, move=source != before.object_key or self.route == "move")
