@@ -21,6 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 BACKGROUND = (255, 255, 255)
 # Far above any camera photo (a 1600 px photo has 2 Mpx); stops decompression bombs.
 MAX_PIXELS = 40_000_000
+# 16-bit and 32-bit grey (PNG/TIFF scans) and float images: converted to 8-bit by _to_eight_bit.
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+BLOCK_PIXELS = 1 << 20  # rows converted at a time: a few MB of temporaries whatever the image size
 
 
 class InvalidImageError(ValueError):
@@ -90,10 +93,8 @@ def decode_image(data: bytes, min_size: tuple[int, int] | None = None) -> Image.
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB; transparency becomes the white background."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / peak * 255.0, 0, 255).astype(np.uint8))
+    if image.mode in HIGH_DEPTH_MODES:
+        image = _to_eight_bit(image)
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -101,6 +102,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         canvas.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
         return canvas
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _to_eight_bit(image: Image.Image) -> Image.Image:
+    """A grey image of any depth onto 0-255: a 16-bit range (any value above 255) is divided by
+    257 (= 65535 / 255), anything else is taken as 8-bit; out-of-range values clip.
+
+    Reads the image in strips of rows, in its own type: a 40 Mpx 16-bit image needs its 8-bit
+    result and a few MB, not the gigabyte of float64 temporaries a whole-image formula takes."""
+    width, height = image.size
+    rows = max(1, BLOCK_PIXELS // max(1, width))
+    strips = [(0, top, width, min(height, top + rows)) for top in range(0, height, rows)]
+    # getextrema would do, but refuses I;16B
+    high = max((np.asarray(image.crop(strip)).max(initial=0) for strip in strips), default=0)
+    divisor = 257 if high > 255 else 1
+    eight_bit = np.empty((height, width), dtype=np.uint8)
+    for strip in strips:
+        eight_bit[strip[1] : strip[3]] = np.clip(np.asarray(image.crop(strip)), 0, 255 * divisor) // divisor
+    return Image.fromarray(eight_bit)
 
 
 def fit_to_input(image: Image.Image, config: PresetConfig) -> Image.Image:

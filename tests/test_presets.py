@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -74,6 +75,54 @@ def test_sixteen_bit_png_keeps_its_contrast():
     image = decode_image(encode(Image.fromarray(ramp), "PNG"))
     pixels = np.asarray(image)
     assert pixels.min() == 0 and pixels.max() == 255
+
+
+def old_eight_bit(pixels: np.ndarray) -> np.ndarray:
+    """The float64 formula high-depth images were converted by before: 0-65535 (or 0-255) onto 0-255."""
+    pixels = pixels.astype(np.float64)
+    peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+    return np.clip(pixels / peak * 255.0, 0, 255).astype(np.uint8)
+
+
+EVERY_16_BIT_VALUE = np.resize(np.arange(65536, dtype=np.uint16), (240, 300))
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        EVERY_16_BIT_VALUE,
+        EVERY_16_BIT_VALUE.astype(">u2"),  # I;16B
+        EVERY_16_BIT_VALUE.astype(np.int32) * 3 - 20_000,  # I: out of range both ways
+        (EVERY_16_BIT_VALUE % 256).astype(np.int32),  # I holding 8-bit values
+        EVERY_16_BIT_VALUE.astype(np.float32) / 300,  # F in 0-218.45: taken as 8-bit
+        EVERY_16_BIT_VALUE.astype(np.float32) * 1.5,  # F above 16 bits
+    ],
+    ids=["I;16", "I;16B", "I", "I-8-bit", "F", "F-wide"],
+)
+def test_high_depth_images_convert_as_the_float_formula_did(pixels):
+    image = decode_image(encode(Image.fromarray(pixels), "TIFF"))
+    converted = np.asarray(image).astype(int)
+    assert (converted[..., 0] == converted[..., 1]).all() and (converted[..., 0] == converted[..., 2]).all()
+    assert np.abs(converted[..., 0] - old_eight_bit(pixels)).max() <= 1
+
+
+def test_sixteen_bit_image_near_the_pixel_limit_converts_without_big_temporaries():
+    """A 16-bit scan of almost MAX_PIXELS went through float64: about 1 GB of temporaries for one request."""
+    width = 6_000
+    height = MAX_PIXELS // width - 10
+    pixels = np.resize(np.arange(65536, dtype=np.uint16), (height, width))
+    data = encode(Image.fromarray(pixels), "PNG", compress_level=1)
+    tracemalloc.start()
+    try:
+        image = decode_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The 8-bit result (1 byte a pixel) and a strip at a time; the float64 formula took 958 MB here.
+    assert peak < 2 * width * height, f"{peak / 1e6:.0f} MB traced for a {width * height / 1e6:.0f} Mpx image"
+    assert image.size == (width, height)
+    grey = np.asarray(image.getchannel("R"))
+    assert np.abs(grey.astype(int) - (pixels // 257)).max() <= 1  # 0-65535 onto 0-255
 
 
 def test_exif_rotated_photo_is_turned_upright():
