@@ -21,10 +21,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import obstore
 import pytest
 import sqlalchemy
 import yaml
+from batch_job.review.auth import hash_line
 
 from tests.k8s.cluster import (
     CommandFailed,
@@ -48,6 +50,7 @@ SAMPLE = Path(os.environ.get("SAMPLE", ROOT.parent / "shared" / "datasets" / "re
 RELEASE = "refunds"
 SERVING = f"{RELEASE}-refund-sorter-torchserve"
 CRONJOB = f"{RELEASE}-refund-sorter-batch"
+REVIEW = f"{RELEASE}-refund-sorter-review"
 BUCKET = "refund-e2e"
 NIGHT_TIMEOUT_S = 420
 # Slow enough that a fault lands mid-night, with claims that expire soon after a killed batch pod.
@@ -176,18 +179,9 @@ def values(services, images, tmp_path_factory) -> Path:
 def release(namespace, services, values):
     """The chart installed with --wait: the small-cluster profile and the Secrets it expects to exist."""
     database_url, s3 = services
-    kubectl(
-        "-n", namespace, "create", "secret", "generic", "refund-sorter-database", f"--from-literal=url={database_url}"
-    )
-    kubectl(
-        "-n",
-        namespace,
-        "create",
-        "secret",
-        "generic",
-        "refund-sorter-store",
-        f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}",
+    create_secret(namespace, "refund-sorter-database", url=database_url)
+    create_secret(
+        namespace, "refund-sorter-store", AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key
     )
     started = time.monotonic()
     try:
@@ -219,6 +213,13 @@ def ledger(services):
     engine = sqlalchemy.create_engine(services[0])
     yield engine
     engine.dispose()
+
+
+def create_secret(namespace: str, name: str, **literals: str) -> None:
+    """A Secret the chart expects to exist (the existing-secret pattern: it never creates credentials)."""
+    kubectl(
+        "-n", namespace, "create", "secret", "generic", name, *(f"--from-literal={k}={v}" for k, v in literals.items())
+    )
 
 
 def rolled_out(namespace: str) -> None:
@@ -425,6 +426,33 @@ def test_scale_to_zero_with_a_service_account_that_can_do_nothing_else(namespace
 
 def deployment_replicas(namespace: str) -> int:
     return kubectl_json("-n", namespace, "get", "deployment", SERVING)["spec"]["replicas"]
+
+
+def test_the_review_page_runs_in_the_cluster_behind_its_login(namespace, release, ledger):
+    """review.enabled: the page's Deployment with the chart's hardening and probes, reached at its Service
+    from this machine (the lab routes Service addresses), showing the nights' doubtful items after a login."""
+    password = secrets.token_urlsafe(12)
+    secret = {"users": hash_line("desk", password), "session-key": secrets.token_urlsafe(32)}
+    create_secret(namespace, "refund-sorter-review", **secret)
+    # Plain HTTP inside the cluster here; behind TLS keep secureCookies on.
+    upgrade(namespace, "review.enabled=true", "review.secureCookies=false")
+    kubectl("-n", namespace, "rollout", "status", f"deployment/{REVIEW}", "--timeout=3m", timeout=200)
+    (pod,) = pods(namespace, "app.kubernetes.io/component=review")
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
+    address = kubectl_json("-n", namespace, "get", "service", REVIEW)["spec"]["clusterIP"]
+    with httpx.Client(base_url=f"http://{address}:8090", timeout=30) as page:
+        assert page.get("/healthz").status_code == 200
+        assert page.get("/").headers["location"] == "/login"  # no anonymous access
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.get("/login").text).group(1)
+        login = page.post("/login", data={"csrf": csrf, "username": "desk", "password": password})
+        assert login.status_code == 303 and login.headers["location"] == "/"
+        queue = page.get("/")
+    assert queue.status_code == 200
+    with ledger.connect() as connection:
+        waiting = connection.execute(sqlalchemy.text("SELECT object_key FROM results WHERE status = 'needs_review'"))
+        names = {key.rsplit("/", 1)[1] for (key,) in waiting}
+    shown = set(re.findall(r"[0-9]+-[0-9]+\.jpg", queue.text))
+    assert names and shown and shown <= names, f"the queue page shows {sorted(shown)[:5]}, not the doubtful photos"
 
 
 def test_the_prod_overlay_is_accepted_by_the_api_server(namespace):

@@ -70,6 +70,50 @@ app.kubernetes.io/component: serving
 {{- printf "http://%s:8080" (include "refund-sorter.servingName" .) }}
 {{- end }}
 
+{{/* The results store and the object store, as the nightly job and the review page both read them, and batch.env. */}}
+{{- define "refund-sorter.storeEnv" -}}
+{{- $batch := .Values.batch -}}
+- name: REFUND_STORE
+  value: {{ $batch.store.url | quote }}
+{{- with $batch.store.inboxPrefix }}
+- name: REFUND_INBOX_PREFIX
+  value: {{ . | quote }}
+{{- end }}
+- name: REFUND_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $batch.database.existingSecret }}
+      key: {{ $batch.database.urlKey }}
+{{- with $batch.store.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $batch.store.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $batch.store.secretAccessKeyKey }}
+{{- end }}
+{{- with $batch.store.endpoint }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $batch.store.region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- if $batch.store.allowHttp }}
+- name: AWS_ALLOW_HTTP
+  value: "true"
+{{- end }}
+{{- range $name, $value := $batch.env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
 {{/* Container hardening shared by every container of the chart. */}}
 {{- define "refund-sorter.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
