@@ -14,9 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from batch_job.drift import drift_report
 
 from common.styles import read_styles
+from tests.images import encode, product_image
 from training import train
 from training.catalog import ImageSource
 from training.metrics import classification_report
@@ -183,3 +186,31 @@ def test_training_stops_early_without_progress(prepared, tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     best = max(history, key=lambda entry: entry["val_macro_f1"])["epoch"]
     assert len(history) < 30 and history[-1]["epoch"] == best + 2
+
+
+def test_the_shipped_class_prior_is_the_whole_training_split_not_the_capped_one(tmp_path):
+    """--max-per-class evens out the classes the model trains on; the prior the drift check compares
+    nights with must still be the catalogue's mix, or a night drawn from that very mix is called drift."""
+    sizes = {"Discs": 50, "Boxes": 15, "Wedges": 10}
+    (tmp_path / "catalogue" / "images").mkdir(parents=True)
+    lines = ["id,masterCategory,subCategory,articleType,baseColour,usage,productDisplayName"]
+    for category, size in sizes.items():
+        for seed in range(size):
+            image_id = f"{category}{seed}"
+            (tmp_path / "catalogue" / "images" / f"{image_id}.jpg").write_bytes(encode(product_image(category, seed)))
+            lines.append(f"{image_id},Apparel,Shapes,{category},Red,Casual,A {category.lower()}")
+    (tmp_path / "catalogue" / "styles.csv").write_text("\n".join(lines) + "\n")
+    prepare(tmp_path / "catalogue", tmp_path / "prepared", "articleType", 5, 0.2, 0.2, 0)
+    with (tmp_path / "prepared" / "manifest.csv").open() as handle:
+        train_counts = Counter(row["label"] for row in csv.DictReader(handle) if row["split"] == "train")
+    assert train_counts == {"Discs": 30, "Boxes": 9, "Wedges": 6}
+
+    arguments = ["--prepared", str(tmp_path / "prepared"), "--out", str(tmp_path / "model"), "--epochs", "1"]
+    metrics = train.main([*arguments, "--max-per-class", "4", "--batch-size", "16", "--workers", "0"])
+    assert metrics["samples"] == 2 + 3 + 10  # validation and test are whole; only training is capped
+    prior = json.loads((tmp_path / "model" / "model.json").read_text())["class_prior"]
+    assert prior == pytest.approx({label: count / 45 for label, count in train_counts.items()})
+
+    night = Counter({label: 10 * count for label, count in train_counts.items()})  # the catalogue's mix
+    report = drift_report(night, 0.9, prior, [], threshold=0.25)
+    assert report["psi_vs_training"] < 0.01 and report["warnings"] == []

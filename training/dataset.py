@@ -27,6 +27,17 @@ class EncodedImages(Dataset):
         return self.transform(data), target
 
 
+def split_class_counts(prepared: Path, split: str, classes: list[str]) -> list[int]:
+    """Images per class in the split as prepared, by class index: the class mix the catalogue has,
+    before any --max-per-class cap (what the batch job's drift check compares nights with)."""
+    counts = dict.fromkeys(classes, 0)
+    with (prepared / "manifest.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["split"] == split:
+                counts[row["label"]] += 1
+    return list(counts.values())
+
+
 def load_split(
     prepared: Path, split: str, classes: list[str], source: PreparedSource, max_per_class: int | None
 ) -> list[tuple[bytes, int]]:

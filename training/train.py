@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from handlers.network import ARCHITECTURES, build_model, read_weights
 from handlers.presets import ClassificationPresetEval, PresetConfig
 from training.catalog import PreparedSource
-from training.dataset import EncodedImages, load_split
+from training.dataset import EncodedImages, load_split, split_class_counts
 from training.evaluate import predict_logits, record_photos
 from training.metrics import (
     auto_sort_report,
@@ -145,10 +145,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @dataclass
 class Splits:
-    """The prepared split as loaders, and the classes by index."""
+    """The prepared split as loaders, the classes by index and the training split's class counts
+    (uncapped: --max-per-class changes what the model trains on, not the catalogue's mix)."""
 
     classes: list[str]
-    train_items: list[tuple[bytes, int]]
+    train_class_counts: list[int]
     train: DataLoader
     val: DataLoader
     test: DataLoader
@@ -175,7 +176,8 @@ def load_data(args: argparse.Namespace, dataset_info: dict, preset: PresetConfig
     evaluation = ClassificationPresetEval(preset)
     val_loader = DataLoader(EncodedImages(val_items, evaluation), **options)
     test_loader = DataLoader(EncodedImages(test_items, evaluation), **options)
-    return Splits(classes, train_items, train_loader, val_loader, test_loader)
+    train_class_counts = split_class_counts(args.prepared, "train", classes)
+    return Splits(classes, train_class_counts, train_loader, val_loader, test_loader)
 
 
 def create_model(arch: str, num_classes: int, weights: Path | None) -> torch.nn.Module:
@@ -280,7 +282,7 @@ def write_outputs(
     args: argparse.Namespace, data: Splits, dataset_info: dict, preset: PresetConfig, metrics: dict, history: list[dict]
 ) -> str:
     """What the .mar and the registry need next to model.pt, the plots and the model card; the version."""
-    counts = np.bincount([target for _, target in data.train_items], minlength=len(data.classes))
+    counts = np.array(data.train_class_counts)
     version = datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
     model_info = {
         "arch": args.arch,
