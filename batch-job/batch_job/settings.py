@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 ENV_PREFIX = "REFUND_"
@@ -87,12 +88,41 @@ def add_env_arguments(
     prefix + NAME (else the one `fallbacks` names, else the field's default)."""
     for field in fields(settings):
         env = prefix + field.name.upper()
-        kind = type(field.default)
-        raw = os.environ.get(env, os.environ.get((fallbacks or {}).get(field.name, ""), field.default))
+        fallback = (fallbacks or {}).get(field.name, "")
+        variable = env if env in os.environ else fallback if fallback in os.environ else None
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
-            type=kind,
-            default=kind(raw),
+            type=_converter(type(field.default), (choices or {}).get(field.name)),
+            # Left as text: argparse converts it only when the flag is absent, so a bad value is its usage error.
+            default=EnvDefault.read(variable) if variable else field.default,
             choices=(choices or {}).get(field.name),
             help=f"{helps[field.name]} (env {env}, default: {field.default!r})",
         )
+
+
+class EnvDefault(str):
+    """A flag's default as read from an environment variable, which an error about it names."""
+
+    variable: str
+
+    @classmethod
+    def read(cls, variable: str) -> EnvDefault:
+        text = cls(os.environ[variable])
+        text.variable = variable
+        return text
+
+
+def _converter(kind: type, choices: tuple[str, ...] | None) -> Callable[[str], object]:
+    """The flag's type, checking choices too: argparse checks them for typed flags, never for defaults."""
+
+    def convert(text: str) -> object:
+        origin = f" (from env {text.variable})" if isinstance(text, EnvDefault) else ""
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}{origin}") from None
+        if choices and value not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)}){origin}")
+        return value
+
+    return convert

@@ -1,0 +1,51 @@
+"""Settings from REFUND_* environment variables: a bad value is a usage error that names it, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ports import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def refund_batch(tmp_path: Path, *arguments: str, **env: str) -> subprocess.CompletedProcess:
+    """The real CLI in its own process, on a store, database and (absent) TorchServe of its own."""
+    environment = {
+        **os.environ,
+        "REFUND_STORE": str(tmp_path / "store"),
+        "REFUND_DATABASE_URL": f"sqlite:///{tmp_path / 'results.db'}",
+        "REFUND_TORCHSERVE_URL": f"http://127.0.0.1:{free_port()}",
+        **env,
+    }
+    command = [sys.executable, "-m", "batch_job", *arguments]
+    return subprocess.run(command, env=environment, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "says"),
+    [
+        ("run", "REFUND_CONCURRENCY", "abc", "argument --concurrency: invalid int value: 'abc'"),
+        ("run", "REFUND_REQUEST_TIMEOUT", "1m", "argument --request-timeout: invalid float value: '1m'"),
+        ("run", "REFUND_ROUTE", "moov", "argument --route: invalid choice: 'moov' (choose from none, copy, move)"),
+        ("review", "REFUND_REVIEW_PORT", "http", "argument --port: invalid int value: 'http'"),
+    ],
+)
+def test_a_badly_typed_environment_value_is_a_one_line_usage_error(tmp_path, command, variable, value, says):
+    failed = refund_batch(tmp_path, command, **{variable: value})
+    assert failed.returncode == 2, failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1] == f"refund-batch {command}: error: {says} (from env {variable})"
+    helped = refund_batch(tmp_path, command, "--help", **{variable: value})  # help still shows how to fix it
+    assert helped.returncode == 0 and variable in helped.stdout
+
+
+def test_the_flag_overrides_a_bad_environment_value(tmp_path):
+    overridden = refund_batch(tmp_path, "migrate", "--concurrency", "8", REFUND_CONCURRENCY="abc")
+    assert overridden.returncode == 0, overridden.stderr
+    assert "results store at revision" in overridden.stdout
