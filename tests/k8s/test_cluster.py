@@ -62,7 +62,7 @@ DONE = ("ok", "needs_review")
 def cluster() -> str:
     """The node's address; fails (never skips) where no cluster answers."""
     if not os.environ.get("KUBECONFIG"):
-        pytest.fail("KUBECONFIG is not set: start a cluster (make lab-up, kind, k3d, minikube) and point it there")
+        pytest.fail("KUBECONFIG is not set: start a cluster (make cluster-up, kind, k3d, minikube) and point it there")
     if not os.environ.get("IMAGE_LOAD"):
         pytest.fail("IMAGE_LOAD is not set: the command that loads local images into the cluster")
     try:
