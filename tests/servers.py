@@ -304,6 +304,10 @@ def s3_server(bucket: str = "refund-test", host: str = "127.0.0.1") -> Iterator[
                 "-admin.ui=false",
                 "-master.telemetry=false",
                 "-volume.preStopSeconds=0",  # faster stop
+                # Every bucket (a test's own) is a collection with volumes of its own, and the volume count
+                # is free disk / volume size: at the default 1 GiB a full test run exhausted it and every
+                # later PUT got a 500. 64 MiB volumes leave room for thousands of buckets.
+                "-master.volumeSizeLimitMB=64",
                 f"-s3.config={root / 's3.json'}",
                 f"-bucket={bucket}",
                 # Unix sockets default to /tmp/seaweedfs-*-<port>.sock: keep them in our dir.
