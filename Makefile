@@ -102,17 +102,18 @@ demo:  ## set up and run everything end to end, printing each step's time
 	done; \
 	printf '\n=== step times\n%b' "$$timings"
 
-# Each step of `make test`, timed. unit: pytest (real TorchServe, S3, PostgreSQL, browser);
+# Each step of `make test`, timed; every step runs, and a failed one fails the whole at the end.
+# unit: pytest (real TorchServe, S3, PostgreSQL, browser);
 # k8s-e2e: images built, loaded and installed into the cluster (tests/k8s/test_cluster.py).
 TEST_STEPS ?= unit k8s-check hadolint lint cluster-up k8s-e2e
 test: venv  ## every test: unit/integration, offline k8s check, Dockerfile and Python lint, nights in a real cluster
-	@timings=""; for step in $(TEST_STEPS); do \
+	@timings=""; failed=""; for step in $(TEST_STEPS); do \
 		printf '\n=== %s\n' "$$step"; started=$$(date +%s); \
-		$(MAKE) --no-print-directory $$step; status=$$?; \
+		$(MAKE) --no-print-directory $$step || failed="$$failed $$step"; \
 		timings="$$timings$$(printf '%-10s %5ss' $$step $$(( $$(date +%s) - started )))\n"; \
-		[ $$status -eq 0 ] || { printf '\n=== step times\n%b=== %s failed\n' "$$timings" "$$step"; exit 1; }; \
 	done; \
-	printf '\n=== step times\n%b' "$$timings"
+	printf '\n=== step times\n%b' "$$timings"; \
+	if [ -n "$$failed" ]; then printf '=== failed:%s\n' "$$failed"; exit 1; fi
 
 unit: venv  ## pytest without the cluster tests
 	$(PY) -m pytest
