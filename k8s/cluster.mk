@@ -23,19 +23,20 @@ endif
 K8S_E2E_ARGS ?=
 LAB_DOWN_ARGS ?=
 
+# "NAME:TAG: N MB" for a built image (the k8s-e2e test prints this line in its progress).
+image_size = $(LAB_ENV) $(DOCKER) image inspect --format '$(1) {{.Size}}' $(1) | awk '{printf "%s: %.0f MB\n", $$1, $$2 / 1e6}'
+
 .PHONY: images serve-image batch-image k8s-e2e cluster-up cluster-down hadolint
 
 images: serve-image batch-image  ## build both images with Docker (IMAGE_TAG, MODEL_MAR, DOCKER_BUILD_ARGS)
 
 serve-image: $(MODEL_MAR)  ## the TorchServe image with MODEL_MAR baked in
 	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) --build-arg MODEL_MAR=$(MODEL_MAR) -t $(SERVE_IMAGE):$(IMAGE_TAG) .
-	@$(LAB_ENV) $(DOCKER) image inspect --format '$(SERVE_IMAGE):$(IMAGE_TAG) {{.Size}}' $(SERVE_IMAGE):$(IMAGE_TAG) \
-		| awk '{printf "%s: %.0f MB\n", $$1, $$2 / 1e6}'
+	@$(call image_size,$(SERVE_IMAGE):$(IMAGE_TAG))
 
 batch-image:  ## the nightly job's image (no torch)
 	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) -f batch-job/Dockerfile -t $(BATCH_IMAGE):$(IMAGE_TAG) .
-	@$(LAB_ENV) $(DOCKER) image inspect --format '$(BATCH_IMAGE):$(IMAGE_TAG) {{.Size}}' $(BATCH_IMAGE):$(IMAGE_TAG) \
-		| awk '{printf "%s: %.0f MB\n", $$1, $$2 / 1e6}'
+	@$(call image_size,$(BATCH_IMAGE):$(IMAGE_TAG))
 
 hadolint: venv  ## lint both Dockerfiles (every ignore is commented where it stands)
 	$(VENV)/bin/hadolint Dockerfile batch-job/Dockerfile

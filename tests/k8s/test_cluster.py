@@ -222,9 +222,9 @@ def create_secret(namespace: str, name: str, **literals: str) -> None:
     )
 
 
-def rolled_out(namespace: str) -> None:
-    """Every serving pod of the current template Ready (helm's --wait can return before that)."""
-    kubectl("-n", namespace, "rollout", "status", f"deployment/{SERVING}", "--timeout=6m", timeout=400)
+def rolled_out(namespace: str, deployment: str = SERVING) -> None:
+    """Every pod of the Deployment's current template Ready (helm's --wait can return before that)."""
+    kubectl("-n", namespace, "rollout", "status", f"deployment/{deployment}", "--timeout=6m", timeout=400)
 
 
 def upgrade(namespace: str, *settings: str) -> None:
@@ -435,7 +435,7 @@ def test_the_review_page_runs_in_the_cluster_behind_its_login(namespace, release
     create_secret(namespace, "refund-sorter-review", **secret)
     # Plain HTTP inside the cluster here; behind TLS keep secureCookies on.
     upgrade(namespace, "review.enabled=true", "review.secureCookies=false")
-    kubectl("-n", namespace, "rollout", "status", f"deployment/{REVIEW}", "--timeout=3m", timeout=200)
+    rolled_out(namespace, REVIEW)
     (pod,) = pods(namespace, "app.kubernetes.io/component=review")
     assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
     address = kubectl_json("-n", namespace, "get", "service", REVIEW)["spec"]["clusterIP"]
