@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import re
 import secrets
@@ -90,7 +91,10 @@ def images(cluster, trained_model, prepared, tmp_path_factory) -> dict[str, str]
         return
     tag = "e2e-" + secrets.token_hex(3)
     second = tmp_path_factory.mktemp("model-b")
+    time.sleep(1)  # a model's version is its UTC training time to the second: b must not share a's
     train.main(["--prepared", str(prepared), "--out", str(second), "--epochs", "1", "--workers", "0", "--seed", "1"])
+    versions = {json.loads((model / "model.json").read_text())["version"] for model in (trained_model, second)}
+    assert len(versions) == 2, f"models a and b share the version {versions}: a promotion could not be told apart"
     built: dict[str, str] = {}
     marstore = ROOT / "var" / "model-store"
     for name, model in (("a", trained_model), ("b", second)):
