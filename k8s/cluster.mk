@@ -1,6 +1,7 @@
 # Images and a real cluster: included from the Makefile (which defines PY, MAR, SAMPLE).
 #   make images                  build the serve and batch images with Docker, print their sizes
-#   make k8s-e2e                 a whole night in a real cluster (KUBECONFIG), tests/k8s/test_cluster.py
+#   make k8s-e2e                 a whole night in a real cluster (KUBECONFIG), and the monitoring objects
+#                                before its API server: tests/k8s's cluster tests
 #   make cluster-up / cluster-down  the local single-node cluster of ../shared/k8s-lab, where it exists
 #
 # A user's cluster (kind, k3d, minikube) works the same: KUBECONFIG=... IMAGE_LOAD="kind load docker-image"
@@ -30,7 +31,8 @@ image_size = $(LAB_ENV) $(DOCKER) image inspect --format '$(1) {{.Size}}' $(1) |
 
 images: serve-image batch-image  ## build both images with Docker (IMAGE_TAG, MODEL_MAR, DOCKER_BUILD_ARGS)
 
-serve-image: $(MODEL_MAR)  ## the TorchServe image with MODEL_MAR baked in
+serve-image:  ## the TorchServe image with MODEL_MAR baked in (make archive writes the default one)
+	@test -f $(MODEL_MAR) || { echo "no $(MODEL_MAR): run make archive first (or set MODEL_MAR)" >&2; exit 1; }
 	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) --build-arg MODEL_MAR=$(MODEL_MAR) -t $(SERVE_IMAGE):$(IMAGE_TAG) .
 	@$(call image_size,$(SERVE_IMAGE):$(IMAGE_TAG))
 
@@ -43,7 +45,7 @@ hadolint: venv  ## lint both Dockerfiles (every ignore is commented where it sta
 
 k8s-e2e: venv k8s-tools  ## build, load and install into KUBECONFIG's cluster; run whole nights with faults
 	$(LAB_ENV) PATH="$(CURDIR)/tools/bin:$$PATH" IMAGE_LOAD="$(IMAGE_LOAD)" \
-		$(PY) -m pytest -s tests/k8s/test_cluster.py -m cluster $(K8S_E2E_ARGS)
+		$(PY) -m pytest -s tests/k8s -m cluster $(K8S_E2E_ARGS)
 
 cluster-up:  ## start the lab cluster with its base image and wheel mirror (elsewhere: check KUBECONFIG is set)
 ifneq ($(wildcard $(LAB)),)

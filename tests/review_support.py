@@ -21,6 +21,7 @@ from batch_job.review.serve import build
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from batch_job.store import route_object
+from prometheus_client import start_http_server
 
 from common.objectstore import list_objects, open_store
 from tests.images import SHAPES, encode, product_image
@@ -107,14 +108,18 @@ def classes_file(folder: Path, classes: list[str]) -> Path:
 @dataclass(frozen=True)
 class RunningApp:
     url: str
+    metrics_url: str
     settings: Settings
 
 
 @contextlib.contextmanager
 def review_app(settings: Settings, review: ReviewSettings) -> Iterator[RunningApp]:
-    """The review app served by uvicorn on 127.0.0.1 in a thread of this process, stopped afterwards."""
+    """The review app served by uvicorn on 127.0.0.1 in a thread of this process, and its metrics on a port of
+    their own as `refund-batch review` serves them; both stopped afterwards."""
     review = ReviewSettings(**{**vars(review), "host": "127.0.0.1", "port": free_port()})
-    config = uvicorn.Config(build(settings, review), host=review.host, port=review.port, log_config=None)
+    app = build(settings, review)
+    metrics, _ = start_http_server(free_port(), review.host, registry=app.state.metrics)
+    config = uvicorn.Config(app, host=review.host, port=review.port, log_config=None)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -124,10 +129,11 @@ def review_app(settings: Settings, review: ReviewSettings) -> Iterator[RunningAp
             raise RuntimeError("the review app did not start")
         time.sleep(0.05)
     try:
-        yield RunningApp(f"http://127.0.0.1:{review.port}", settings)
+        yield RunningApp(f"http://127.0.0.1:{review.port}", f"http://127.0.0.1:{metrics.server_port}", settings)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        metrics.shutdown()
 
 
 def utc(year: int, month: int, day: int, hour: int = 2) -> datetime:

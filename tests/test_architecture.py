@@ -1,4 +1,4 @@
-"""The import direction of README's Architecture section, as import-linter contracts in pyproject.toml.
+"""The import direction of docs/development.md (import direction), as import-linter contracts in pyproject.toml.
 
 common <- handlers <- training, common <- batch_job: training and the nightly job never import each
 other, common imports none of them, and handlers (what the .mar carries) imports neither side.

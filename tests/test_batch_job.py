@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -74,11 +75,18 @@ def inference_requests(ports: serve.Ports) -> int:
     return int(float(found.group(1))) if found else 0
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; raise if it does not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.2)
+
+
 def wait_for_results(settings: Settings, count: int, timeout: float = 120) -> None:
     """Until a running night has committed `count` results: the moment to interrupt it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and len(final_rows(settings)) < count:
-        time.sleep(0.2)
+    wait_until(lambda: len(final_rows(settings)) >= count, timeout, f"{count} results committed")
 
 
 def test_nightly_run_records_everything_once(backend, torchserve, classes):
@@ -124,7 +132,7 @@ def test_review_threshold_comes_from_the_model(backend, torchserve, trained_mode
 
 
 def test_report_manifest_and_routing_are_published_in_the_store(backend, torchserve):
-    settings = backend(torchserve, route="copy", review_threshold="0.999")
+    settings = backend(torchserve, route="copy", review_threshold="1.01")  # every image goes to review/
     keys = put_photos(settings, 4)
     done = cli(settings)
     assert done.returncode == 1, done.stderr  # 1 corrupt of 5 exceeds the 5 % failure budget
@@ -208,12 +216,15 @@ def test_kill_9_mid_run_then_rerun_loses_nothing_and_repeats_nothing(backend, to
     wait_for_results(settings, 20)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    interrupted = Ledger(settings.database_url).results()
-    assert Counter(row.status for row in interrupted)[PENDING] > 0, "the kill came too late to interrupt anything"
+    ledger = Ledger(settings.database_url)
+    interrupted = ledger.results()
+    assert sum(row.status in FINAL for row in interrupted) >= 20  # killed mid-night: after commits, before the end
+    pending = sum(row.status == PENDING for row in interrupted)
+    assert pending > 0, "the kill came too late to interrupt anything"
     # Claimed by the victim and not committed: sent at most once each, maybe not at all.
     in_flight = sum(row.status == PENDING and row.run_id is not None for row in interrupted)
 
-    time.sleep(settings.lease_seconds + 0.5)  # the dead run's claims expire
+    wait_until(lambda: len(ledger.claimable()) == pending, settings.lease_seconds + 30, "the dead run's claims expire")
     rerun = cli(settings)
     assert rerun.returncode == 0, rerun.stderr
     rows = Ledger(settings.database_url).results()
@@ -225,7 +236,8 @@ def test_kill_9_mid_run_then_rerun_loses_nothing_and_repeats_nothing(backend, to
 
 def test_two_runs_started_together_never_process_an_image_twice(backend, torchserve):
     settings = backend(torchserve, concurrency=4)
-    keys = put_photos(settings, 60, corrupt=False)
+    # Large photos: the night outlasts the gap between the two processes' starts, so both find work.
+    keys = put_photos(settings, 120, corrupt=False, size=(600, 800))
     requests_before = inference_requests(torchserve)
     runs = [cli(settings, wait=False) for _ in range(2)]
     for process in runs:
@@ -235,6 +247,12 @@ def test_two_runs_started_together_never_process_an_image_twice(backend, torchse
     assert sorted(row.object_key for row in rows) == sorted(keys)
     assert all(row.status in FINAL and row.attempts == 1 for row in rows)  # claimed once, sent once
     assert inference_requests(torchserve) - requests_before == len(keys) + 2  # and TorchServe saw each once
+    # They ran at once: both committed results, and each claimed work before the other's last result.
+    by_run = {run_id: [row for row in rows if row.run_id == run_id] for run_id in {row.run_id for row in rows}}
+    assert len(by_run) == 2
+    first, second = by_run.values()
+    assert min(row.claimed_at for row in first) < max(row.finished_at for row in second)
+    assert min(row.claimed_at for row in second) < max(row.finished_at for row in first)
 
 
 def test_shards_split_the_work_between_processes(backend, torchserve):

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from tests.conftest import LEARNED
 from training import evaluate
 
 
@@ -22,9 +23,9 @@ def test_evaluate_on_labelled_photos_leaves_out_unknown_missing_and_corrupt_ones
     items, left_out = evaluate.photo_items(trained_model, kaggle_dataset, "articleType")
     assert (len(items), left_out) == (90, 3)  # the "Rare" class, a missing and a corrupt image
     report = evaluate.main(["--model", str(trained_model), "--photos", str(kaggle_dataset)])
-    assert report["accuracy"] == pytest.approx(
-        sum(report["per_class"][name]["recall"] for name in report["per_class"]) / 3
-    )
+    assert sum(map(sum, report["confusion_matrix"])) == 90
+    assert report["accuracy"] >= LEARNED  # labels matched to the right photos, preprocessed as in training
+    assert min(report["per_class"][name]["recall"] for name in report["per_class"]) >= 0.5
 
 
 def test_figures_on_labelled_photos_are_recorded_in_the_model_card(trained_model, kaggle_dataset, tmp_path):
@@ -32,7 +33,7 @@ def test_figures_on_labelled_photos_are_recorded_in_the_model_card(trained_model
     evaluate.main(["--model", str(model), "--photos", str(kaggle_dataset), "--record"])
     photos = json.loads((model / "metrics.json").read_text())["photos"]
     assert (photos["images"], photos["left_out"]) == (90, 3)
-    assert 0 <= photos["accuracy"] <= 1
+    assert photos["accuracy"] >= LEARNED
     card = (model / "model_card.md").read_text()
     assert f"on 90 labelled photos of other products (`{kaggle_dataset}`" in card
     assert f"accuracy **{photos['accuracy']:.3f}**" in card

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +26,8 @@ from sqlalchemy import text
 
 from common.objectstore import StoredObject, open_store
 from tests.images import encode, product_image
-from tests.test_batch_job import DAY, cli, put_photos, run_once
+from tests.s3_proxy import s3_proxy
+from tests.test_batch_job import DAY, cli, put_photos, run_once, wait_until
 
 pytestmark = pytest.mark.integration
 TODAY = datetime.now(UTC).date()
@@ -261,17 +264,49 @@ def test_a_413_from_the_real_torchserve_frontend_has_a_reason(tmp_path, torchser
     )
 
 
-def test_an_object_above_the_size_limit_fails_without_being_read(backend, torchserve):
-    settings = backend(torchserve, max_image_bytes=1_000_000)
-    store = open_store(settings.store)
-    obstore.put(store, f"inbox/{DAY}/huge.jpg", b"\xff\xd8" + b"\0" * 2_000_000)
+def test_an_object_listed_above_the_size_limit_fails_and_is_never_read(s3_env, torchserve, tmp_path, monkeypatch):
+    """The listing says it is too big: failed with its size, and the store never gets a GET for it."""
+    settings = Settings(
+        store=s3_env.url(),
+        database_url=f"sqlite:///{tmp_path / 'results.db'}",
+        torchserve_url=torchserve.inference_url,
+        max_image_bytes=1_000_000,
+    )
+    huge = f"inbox/{DAY}/huge.jpg"
+    obstore.put(s3_env.store(), huge, b"\xff\xd8" + b"\0" * 2_000_000)
     keys = put_photos(settings, 2, corrupt=False)
-    run_once(settings)
+    with s3_proxy(s3_env) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        run_once(settings)
     rows = {row.object_key: row for row in Ledger(settings.database_url).results()}
-    huge = rows[f"inbox/{DAY}/huge.jpg"]
-    assert huge.status == FAILED and "2000002 bytes, more than the 1000000 allowed" in huge.error
-    assert huge.latency_ms is None  # never sent to TorchServe
+    assert rows[huge].status == FAILED and "2000002 bytes, more than the 1000000 allowed" in rows[huge].error
+    assert rows[huge].latency_ms is None  # never sent to TorchServe
     assert all(rows[key].status in (OK, NEEDS_REVIEW) for key in keys)
+    assert all(proxy.count("GET", key) >= 1 for key in keys)  # the photos were read through the proxy...
+    assert proxy.count("GET", huge) == 0  # ...and the big one not at all
+
+
+def test_an_object_bigger_when_read_than_when_listed_fails_with_its_size(s3_env, tmp_path):
+    """Listed small, replaced by a bigger upload before the night reads it: the size the store reports with
+    the GET is checked before the body is taken, and the image fails with that size, never sent."""
+    store = s3_env.store()
+    key = f"inbox/{DAY}/grew.jpg"
+    obstore.put(store, key, encode(product_image("Discs", 1)))
+    ledger = Ledger(f"sqlite:///{tmp_path / 'results.db'}")
+    ledger.register(obj for obj in list_inbox(store, "inbox/", None))
+    obstore.put(store, key, b"\xff\xd8" + b"\0" * 2_000_000)
+    (row,) = ledger.claim([i for i, _ in ledger.claimable()], "night", timedelta(minutes=5))
+    assert row.size < 1_000_000  # what the listing said
+    client = TorchServeClient("http://127.0.0.1:9", "refund-classifier", 1, 1.0, 0)  # nothing listens: never asked
+    settings = local_settings(tmp_path, "http://127.0.0.1:9", max_image_bytes=1_000_000)
+    with s3_proxy(s3_env) as proxy:
+        outcome = job.process(replace(s3_env, endpoint=proxy.endpoint).store(), client, settings, 0.5, row)
+    client.close()
+    assert (outcome.status, outcome.error) == (
+        FAILED,
+        "object is 2000002 bytes, more than the 1000000 allowed (--max-image-bytes)",
+    )
+    assert proxy.count("GET", key) == 1 and outcome.latency_ms is None  # the one GET, then no request to TorchServe
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -303,6 +338,75 @@ def test_a_routing_failure_neither_stops_the_night_nor_loses_an_original_and_is_
     assert all((store / key.replace("inbox/", "review/")).is_file() for key in keys)
     rows = Ledger(settings.database_url).results()
     assert all(row.routed_at is not None and row.attempts == 1 for row in rows)  # routed, not classified again
+
+
+def test_move_keeps_the_original_when_the_copy_lands_short_and_moves_it_the_next_night(
+    s3_env, torchserve, tmp_path, monkeypatch
+):
+    """--route move on S3: a store that acknowledges each copy but holds a short one (the proxy overwrites
+    it) keeps every original; the next night, with a sound store, moves them whole."""
+    upstream = s3_env.store()
+
+    def copy_lands_short(method: str, key: str, headers: dict[str, str]) -> None:
+        if method == "PUT" and "x-amz-copy-source" in {name.lower() for name in headers}:
+            obstore.put(upstream, key, b"short")
+
+    settings = Settings(
+        store=s3_env.url(),
+        database_url=f"sqlite:///{tmp_path / 'results.db'}",
+        torchserve_url=torchserve.inference_url,
+        route="move",
+        review_threshold="1.01",  # every image goes to review/
+    )
+    keys = put_photos(settings, 3, corrupt=False)
+    photos = {key: bytes(obstore.get(upstream, key).bytes()) for key in keys}
+    with s3_proxy(s3_env, after=copy_lands_short) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        first = run_once(settings)
+    assert all(proxy.count("PUT", key.replace("inbox/", "review/")) >= 1 for key in keys)  # each copy was made
+    assert sorted(first.routing_failures) == sorted(keys)
+    assert all("has 5 bytes" in error and "original kept" in error for error in first.routing_failures.values())
+    assert {key: bytes(obstore.get(upstream, key).bytes()) for key in keys} == photos  # no original deleted
+    assert all(row.routed_at is None for row in Ledger(settings.database_url).results())
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)
+    second = run_once(settings)
+    assert second.routing_failures == {} and second.claimed == 0  # routed, not classified again
+    assert {key: bytes(obstore.get(upstream, key.replace("inbox/", "review/")).bytes()) for key in keys} == photos
+    assert [obj for page in obstore.list(upstream, prefix="inbox/") for obj in page] == []
+    assert all(row.routed_at is not None for row in Ledger(settings.database_url).results())
+
+
+def test_a_night_routes_only_what_it_committed_not_an_answer_whose_lease_another_night_took_over(tmp_path):
+    """Night A's TorchServe answers `Boxes` only after A's lease has expired and night B (answering `Discs`)
+    has committed and routed the photo: A commits nothing and copies nothing; the photo is in B's folder only."""
+    asked, release = threading.Event(), threading.Event()
+
+    def late_boxes(n: int) -> tuple[int, bytes]:
+        asked.set()
+        release.wait(60)
+        return 200, prediction("v1", "Boxes")
+
+    with (
+        fake_torchserve(late_boxes) as slow_url,
+        fake_torchserve(lambda n: (200, prediction("v1", "Discs"))) as fast_url,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        slow_settings = local_settings(tmp_path, slow_url, route="copy", lease_seconds=1, request_timeout=120)
+        (key,) = put_photos(slow_settings, 1, corrupt=False)
+        slow_night = pool.submit(run_once, slow_settings)
+        assert asked.wait(60)
+        ledger = Ledger(slow_settings.database_url)
+        wait_until(lambda: ledger.claimable() != [], 30, "night A's lease expires")
+        fast = run_once(Settings(**{**vars(slow_settings), "torchserve_url": fast_url}))
+        release.set()
+        slow = slow_night.result(timeout=60)
+    assert (slow.lost_leases, sum(slow.statuses.values()), slow.routing_failures) == (1, 0, {})
+    (row,) = ledger.results()
+    assert (row.run_id, row.category, row.route_to) == (fast.run_id, "Discs", key.replace("inbox/", "sorted/Discs/"))
+    assert row.routed_at is not None
+    store = open_store(slow_settings.store)
+    assert [obj["path"] for page in obstore.list(store, prefix="sorted/") for obj in page] == [row.route_to]
 
 
 def test_a_result_whose_lease_was_taken_over_is_not_committed_nor_routed(tmp_path):

@@ -5,14 +5,23 @@ Decisions run on both backends: SQLite + a folder, and PostgreSQL 15 + an S3 ser
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
+import logging
 import os
+import pty
 import re
+import select
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
 
 import httpx
 import obstore
@@ -23,16 +32,18 @@ from batch_job.__main__ import main
 from batch_job.client import ServedModel
 from batch_job.job import RunStats
 from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Ledger
+from batch_job.logs import JsonFormatter
 from batch_job.review import decisions
 from batch_job.review.auth import Reviewers, hash_line
 from batch_job.review.decisions import review_stats
 from batch_job.review.photos import Photos
+from batch_job.review.serve import build
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from batch_job.summary import summarize
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
-from common.objectstore import list_objects, open_store, read_object
+from common.objectstore import list_objects, open_store, put_object, read_object
 from tests.ports import free_port
 from tests.review_support import (
     CLASSES,
@@ -48,6 +59,7 @@ from tests.review_support import (
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 ITEM = re.compile(r'data-item="(\d+)"')
+NEXT = re.compile(r'href="/\?([^"]*)" rel="next"')
 
 
 @pytest.fixture(params=["sqlite+folder", "postgresql+s3"])
@@ -115,15 +127,50 @@ def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(settings, 
     assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"]
 
 
-def test_pages_carry_a_strict_content_security_policy(settings, review):
-    seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+class InlineCode(HTMLParser):
+    """What a strict CSP (no 'unsafe-inline') would block in a page: event-handler and style attributes,
+    <style> elements and <script> elements without a src; and the scripts the page loads."""
+
+    def __init__(self, markup: str) -> None:
+        super().__init__()
+        self.blocked: list[str] = []
+        self.scripts: list[str] = []
+        self.feed(markup)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.blocked += [f"<{tag} {name}=...>" for name, _ in attrs if name.startswith("on") or name == "style"]
+        if tag == "style":
+            self.blocked.append("<style>")
+        source = dict(attrs).get("src")
+        if tag == "script" and source:
+            self.scripts.append(source)
+        elif tag == "script":
+            self.blocked.append("<script> without src")
+
+
+def test_pages_carry_a_strict_content_security_policy_and_no_inline_code(settings, review):
+    first, second = seed_night(
+        settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0)), Doubtful("b.jpg", guesses(1))]
+    )
     with review_app(settings, review) as app:
-        client, _ = logged_in(app.url, "alice")
-        page = client.get("/")
-    policy = page.headers["content-security-policy"]
-    assert "script-src 'self'" in policy and "default-src 'none'" in policy and "unsafe-inline" not in policy
-    assert "<script>" not in page.text and " on" not in re.sub(r"<[^>]*>", "", page.text)[:0]  # no inline code
-    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/review.js" defer>']
+        login = httpx.get(f"{app.url}/login")
+        client, token = logged_in(app.url, "alice")
+        queue = client.get("/")  # both cards: every form and button a reviewer sees
+        fragment = client.post(
+            f"/decide/{first}", data={"final": "Discs", "csrf": token}, headers={"x-review-fetch": "1"}
+        )
+        client.post(f"/decide/{second}", data={"final": "Discs", "csrf": token})  # without JavaScript: a note
+        noted = client.get("/")
+    assert sorted(ITEM.findall(queue.text)) == sorted([str(first), str(second)])
+    assert fragment.status_code == 200 and 'data-done="1"' in fragment.text
+    assert "b.jpg</code>: Discs" in noted.text and ITEM.findall(noted.text) == []  # the note, and no card left
+    for page in (login, queue, fragment, noted):
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "style-src 'self'" in policy and "default-src 'none'" in policy
+        assert "unsafe-inline" not in policy
+        assert InlineCode(page.text).blocked == [], page.url
+    assert InlineCode(queue.text).scripts == ["/static/review.js"]
 
 
 def test_a_decision_is_stored_with_the_model_answer_kept_and_the_photo_moved(settings, review):
@@ -224,7 +271,8 @@ def test_metrics_show_queue_age_decisions_and_agreement(settings, review):
         client, token = logged_in(app.url, "alice")
         client.post(f"/decide/{items[0]}", data={"final": CLASSES[0], "csrf": token})  # agrees with top-1
         client.post(f"/decide/{items[1]}", data={"final": CLASSES[1], "csrf": token})  # corrects it
-        metrics = httpx.get(f"{app.url}/metrics").text
+        metrics = httpx.get(f"{app.metrics_url}/metrics").text
+        assert httpx.get(f"{app.url}/metrics").status_code == 404  # the page's port serves no metrics
     assert "refund_review_queue_size 2.0" in metrics
     age = float(re.search(r"^refund_review_oldest_waiting_seconds (\S+)$", metrics, re.M).group(1))
     assert age > 0
@@ -327,6 +375,7 @@ def test_refund_batch_review_serves_the_page_on_loopback(tmp_path):
         "REFUND_DATABASE_URL": f"sqlite:///{tmp_path / 'results.db'}",
         "REFUND_REVIEW_USERS_FILE": str(users_file(tmp_path)),
         "REFUND_REVIEW_PORT": str(port),
+        "REFUND_REVIEW_METRICS_PORT": str(free_port()),  # not the default 8091, which may be taken
     }
     process = subprocess.Popen([sys.executable, "-m", "batch_job", "review"], env=env, cwd=tmp_path)
     try:
@@ -346,22 +395,28 @@ def test_refund_batch_review_serves_the_page_on_loopback(tmp_path):
         process.wait(timeout=15)
 
 
-def test_the_queue_pages_newest_night_first_and_filters_by_night_and_category(settings, tmp_path):
+def test_the_queue_pages_by_key_newest_night_first_and_filters_by_night_and_category(settings, tmp_path):
     review = ReviewSettings(
         users_file=str(users_file(tmp_path)), classes=str(classes_file(tmp_path, CLASSES)), page_size=2
     )
     older = seed_night(settings, utc(2026, 11, 30), [Doubtful(f"o{n}.jpg", guesses(n)) for n in range(2)])
     newer = seed_night(settings, utc(2026, 12, 1), [Doubtful(f"n{n}.jpg", guesses(n)) for n in range(3)])
     with review_app(settings, review) as app:
-        client, _ = logged_in(app.url, "alice")
-        pages = [client.get(f"/?page={page}").text for page in (1, 2, 3)]
+        client, token = logged_in(app.url, "alice")
+        first = client.get("/").text
+        second = client.get("/?" + NEXT.search(first).group(1).replace("&amp;", "&")).text
         by_night = client.get("/?night=2026-11-30").text
         by_category = client.get(f"/?category={CLASSES[1]}").text
         assert client.get("/?night=yesterday").status_code == 400
-    shown = [[int(item) for item in ITEM.findall(page)] for page in pages]
+        # Deciding the first page, then "next": the queue shrank, yet no item is skipped.
+        for item in ITEM.findall(first):
+            client.post(f"/decide/{item}", data={"final": "Discs", "csrf": token})
+        after_deciding = client.get("/?" + NEXT.search(first).group(1).replace("&amp;", "&")).text
+    shown = [int(item) for item in ITEM.findall(first)], [int(item) for item in ITEM.findall(second)]
     # Newest night first; within a night the least sure first, then by id (all equally sure here).
-    assert shown == [sorted(newer)[:2], [sorted(newer)[2], sorted(older)[0]], [sorted(older)[1]]]
-    assert "page 1 of 3" in pages[0] and 'rel="next"' in pages[0] and 'rel="next"' not in pages[2]
+    assert shown == (sorted(newer)[:2], [sorted(newer)[2], sorted(older)[0]])
+    assert [int(item) for item in ITEM.findall(after_deciding)] == [sorted(newer)[2], sorted(older)[0]]
+    assert "5 waiting" in first and 'rel="next"' in first and 'rel="first"' in second
     assert sorted(int(item) for item in ITEM.findall(by_night)) == sorted(older)
     assert "2 waiting" in by_night and '<option value="2026-11-30" selected>' in by_night
     assert [int(item) for item in ITEM.findall(by_category)] == [newer[1], older[1]]
@@ -401,3 +456,274 @@ def test_a_failed_move_of_a_decided_photo_is_finished_by_the_nights_routing_retr
     job.route(open_store(settings.store), settings, ledger, RunStats("r", "0/1", model, 0.5), ledger.unrouted())
     assert keys(settings, "sorted/") == ["sorted/Cones/2026-12-01/a.jpg"] and keys(settings, "inbox/") == []
     assert ledger.unrouted() == [] and keys(settings, "review/") == []
+
+
+# -- under real use (issue 20) ---------------------------------------------------------------
+
+
+def test_a_decision_waiting_for_the_database_does_not_stall_health_or_other_pages(tmp_path, review):
+    settings = Settings(
+        store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}", route="move"
+    )
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        locker = sqlite3.connect(tmp_path / "results.db", isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")  # as a long write elsewhere: the decision waits for SQLite's lock
+        decided: list[httpx.Response] = []
+        waiting = threading.Thread(
+            target=lambda: decided.append(client.post(f"/decide/{item}", data={"final": "Discs", "csrf": token}))
+        )
+        waiting.start()
+        time.sleep(0.5)
+        health = []
+        for _ in range(5):
+            started = time.perf_counter()
+            assert httpx.get(f"{app.url}/healthz", timeout=10).text == "ok"
+            health.append(time.perf_counter() - started)
+        assert decided == []  # still waiting for the lock, on a worker thread, not on the event loop
+        locker.execute("ROLLBACK")
+        waiting.join(timeout=60)
+    assert max(health) < 1.0, health
+    assert decided[0].status_code == 303
+
+
+def test_wrong_passwords_are_throttled_per_name_and_per_address_with_retry_after(tmp_path, caplog):
+    settings = Settings(store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}")
+    review = ReviewSettings(
+        users_file=str(users_file(tmp_path)), login_limit_per_name="3/minute", login_limit_per_address="5/minute"
+    )
+    with review_app(settings, review) as app, httpx.Client(base_url=app.url) as client:
+        token = CSRF.search(client.get("/login").text).group(1)
+
+        def attempt(name: str, password: str) -> httpx.Response:
+            return client.post("/login", data={"csrf": token, "username": name, "password": password})
+
+        assert [attempt("alice", "guess").status_code for _ in range(3)] == [401, 401, 401]
+        throttled = attempt("alice", PASSWORDS["alice"])  # even the right password waits now
+        assert throttled.status_code == 429 and 1 <= int(throttled.headers["retry-after"]) <= 60
+        assert "Too many wrong passwords" in throttled.text
+        assert [attempt("bob", "guess").status_code for _ in range(2)] == [401, 401]  # 5 from this address now
+        assert attempt("bob", PASSWORDS["bob"]).status_code == 429
+        metrics = httpx.get(f"{app.metrics_url}/metrics").text
+    assert 'refund_review_logins_throttled_total{by="name"} 1.0' in metrics
+    assert 'refund_review_logins_throttled_total{by="address"} 1.0' in metrics
+    assert any(record.getMessage() == "login throttled" for record in caplog.records)
+
+
+def test_logging_out_ends_every_copy_of_the_session_and_a_removed_reviewer_is_out(settings, review):
+    first, second = seed_night(
+        settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0)), Doubtful("b.jpg", guesses(1))]
+    )
+    with review_app(settings, review) as app:
+        alice, token = logged_in(app.url, "alice")
+        copied = httpx.Client(base_url=app.url, cookies=dict(alice.cookies))  # the cookie, copied before logout
+        assert copied.get("/").status_code == 200
+        assert alice.post("/logout", data={"csrf": token}).status_code == 303
+        assert copied.get("/").status_code == 303
+        assert copied.post(f"/decide/{first}", data={"final": "Discs", "csrf": token}).status_code == 303
+        bob, bobs_token = logged_in(app.url, "bob")
+        users = review.users_file
+        Path(users).write_text(hash_line("alice", PASSWORDS["alice"]) + "\n")  # bob leaves the team
+        assert bob.post(f"/decide/{second}", data={"final": "Discs", "csrf": bobs_token}).status_code == 303
+        assert bob.get("/").headers["location"] == "/login"
+    assert [row.status for row in Ledger(settings.database_url).results()] == [NEEDS_REVIEW, NEEDS_REVIEW]
+
+
+def test_header_mode_trusts_the_user_header_only_with_the_proxys_secret(tmp_path):
+    settings = Settings(store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}")
+    with pytest.raises(ValueError, match="proxy-secret"):
+        build(settings, ReviewSettings(user_header="X-Forwarded-User"))
+    review = ReviewSettings(user_header="X-Forwarded-User", proxy_secret="s3cret-of-the-proxy")
+    with review_app(settings, review) as app:
+        forged = httpx.get(f"{app.url}/", headers={"x-forwarded-user": "mallory"})
+        wrong = httpx.get(f"{app.url}/", headers={"x-forwarded-user": "mallory", "x-review-proxy-secret": "guess"})
+        proxied = httpx.get(
+            f"{app.url}/", headers={"x-forwarded-user": "carol", "x-review-proxy-secret": "s3cret-of-the-proxy"}
+        )
+    assert (forged.status_code, wrong.status_code) == (403, 403)
+    assert proxied.status_code == 200 and "carol" in proxied.text
+
+
+def test_photos_and_decisions_only_for_items_in_review_and_no_photo_bigger_than_allowed(settings, review, tmp_path):
+    first, second = seed_night(
+        settings,
+        utc(2026, 12, 1),
+        [Doubtful("a.jpg", guesses(0)), Doubtful("b.jpg", guesses(1))],
+        photo_size=(600, 800),
+    )
+    engine = Ledger(settings.database_url).engine
+    with engine.begin() as connection:  # the model was sure of b.jpg after all: sorted, never in review
+        connection.execute(text("UPDATE results SET status = 'ok' WHERE id = :id"), {"id": second})
+    small = replace(settings, max_image_bytes=1000)
+    with review_app(settings, review) as app, review_app(small, review) as strict:
+        client, token = logged_in(app.url, "alice")
+        assert client.get(f"/photo/{second}").status_code == 404
+        assert client.get(f"/photo/{second}/whole").status_code == 404
+        not_in_review = client.post(f"/decide/{second}", data={"final": "Discs", "csrf": token})
+        missing = client.post("/decide/987654", data={"final": "Discs", "csrf": token}, headers={"x-review-fetch": "1"})
+        strict_client, _ = logged_in(strict.url, "alice")
+        too_big = strict_client.get(f"/photo/{first}")
+    assert not_in_review.status_code == 303  # without JavaScript: back to the queue with the note
+    assert missing.status_code == 404 and "no such item" in missing.text
+    assert too_big.status_code == 413 and "more than the 1000 allowed" in too_big.text
+    assert keys(settings, "thumbnails/") == []
+    rows = {row.id: row for row in Ledger(settings.database_url).results()}
+    assert rows[second].status == "ok" and rows[second].reviewed_by is None
+
+
+def test_numbers_a_request_carries_are_bounded_never_a_500(settings, review):
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    huge = "99999999999999999999"
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        answers = {
+            "after": client.get(f"/?after={huge}").status_code,
+            "page": client.get(f"/?page={huge}").status_code,  # the old offset parameter is ignored
+            "photo": client.get(f"/photo/{huge}").status_code,
+            "whole": client.get(f"/photo/{huge}/whole").status_code,
+            "decide": client.post(f"/decide/{huge}", data={"final": "Discs", "csrf": token}).status_code,
+            "undo": client.post(f"/undo/{huge}", data={"csrf": token}).status_code,
+            "waiting": client.get(f"/waiting?after=-{huge}").status_code,
+        }
+    assert answers == {
+        "after": 400,
+        "page": 200,
+        "photo": 404,
+        "whole": 404,
+        "decide": 404,
+        "undo": 404,
+        "waiting": 400,
+    }
+    assert Ledger(settings.database_url).results()[0].id == item
+
+
+def test_the_json_log_carries_the_traceback_of_log_exception():
+    record = logging.LogRecord("refund-review", logging.ERROR, __file__, 1, "could not move a decided photo", (), None)
+    try:
+        raise PermissionError("the store refused the copy")
+    except PermissionError:
+        record.exc_info = sys.exc_info()
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["event"] == "could not move a decided photo"
+    assert "Traceback" in entry["exception"] and "PermissionError: the store refused the copy" in entry["exception"]
+
+
+def test_a_missing_users_file_keeps_the_reviewers_read_before_and_says_so(tmp_path, caplog):
+    settings = Settings(store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}")
+    users = users_file(tmp_path)
+    with review_app(settings, ReviewSettings(users_file=str(users))) as app, httpx.Client(base_url=app.url) as client:
+        users.unlink()  # a Secret unmounted, a file moved away
+        assert log_in(client, "alice") == 303
+        assert client.get("/").status_code == 200
+    errors = [record for record in caplog.records if "users file unreadable" in record.getMessage()]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+def test_a_typed_class_matches_whatever_its_case_and_a_typo_gets_suggestions(settings, review):
+    first, second = seed_night(
+        settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0)), Doubtful("b.jpg", guesses(1))]
+    )
+    fetch = {"x-review-fetch": "1"}
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        typo = client.post(f"/decide/{first}", data={"final": "ringz", "csrf": token}, headers=fetch)
+        lower = client.post(f"/decide/{second}", data={"final": "rings", "csrf": token}, headers=fetch)
+    assert typo.status_code == 400 and 'data-refused="1"' in typo.text
+    assert 'name="final" value="Rings" class="suggestion"' in typo.text and f'action="/decide/{first}"' in typo.text
+    assert lower.status_code == 200
+    rows = {row.id: row for row in Ledger(settings.database_url).results()}
+    assert (rows[first].status, rows[second].final_category) == (NEEDS_REVIEW, "Rings")
+
+
+def test_review_passwd_refuses_an_empty_password_and_a_name_with_a_colon(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert main(["review-passwd", "carol"]) == 2
+    assert "the password is empty" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert main(["review-passwd", "ca:rol"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "without ':'" in out.err and "Traceback" not in out.err
+    with pytest.raises(SystemExit):
+        main(["review-passwd", "--help"])
+    usage = capsys.readouterr().out
+    assert "name" in usage and "--store" not in usage and "--database-url" not in usage
+
+
+def test_a_reviewer_undoes_their_own_decision_once_and_the_photo_goes_back(settings, review):
+    first, second = seed_night(
+        settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0)), Doubtful("b.jpg", guesses(1))]
+    )
+    fetch = {"x-review-fetch": "1"}
+    with review_app(settings, review) as app:
+        alice, token = logged_in(app.url, "alice")
+        bob, bobs_token = logged_in(app.url, "bob")
+        decided = alice.post(f"/decide/{first}", data={"final": "Rings", "csrf": token}, headers=fetch)
+        assert f'action="/undo/{first}"' in decided.text
+        assert bob.post(f"/undo/{first}", data={"csrf": bobs_token}, headers=fetch).status_code == 409  # not his
+        undone = alice.post(f"/undo/{first}", data={"csrf": token}, headers=fetch)
+        again = alice.post(f"/undo/{first}", data={"csrf": token}, headers=fetch)
+        alice.post(f"/decide/{second}", data={"final": "Cones", "csrf": token})
+        Ledger(settings.database_url).start_run("20991231T000000000000Z-s0", "0/1", "v1")  # a night ran since
+        late = alice.post(f"/undo/{second}", data={"csrf": token}, headers=fetch)
+    assert undone.status_code == 200 and f'id="item-{first}"' in undone.text  # the card, to decide anew
+    assert again.status_code == 409 and late.status_code == 409
+    rows = {row.id: row for row in Ledger(settings.database_url).results()}
+    assert (rows[first].status, rows[first].final_category, rows[first].reviewed_by) == (NEEDS_REVIEW, None, None)
+    assert rows[first].route_to == "review/2026-12-01/a.jpg" and rows[second].status == REVIEWED
+    assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"]
+    assert keys(settings, "sorted/") == ["sorted/Cones/2026-12-01/b.jpg"]
+
+
+def test_the_nights_page_lists_nights_and_serves_each_report_through_the_app(settings, review):
+    items = seed_night(settings, utc(2026, 12, 1), [Doubtful(f"{n}.jpg", guesses(n)) for n in range(2)])
+    ledger = Ledger(settings.database_url)
+    [night] = decisions.nights(ledger.engine)
+    summary = {
+        "statuses": {"ok": 7, "needs_review": 2, "failed": 1},
+        "failure_rate": 0.1,
+        "drift": {"warnings": ["mix <b>moved</b>"]},
+    }
+    with ledger.engine.begin() as connection:
+        connection.execute(text("UPDATE runs SET summary = :s"), {"s": json.dumps(summary)})
+    put_object(
+        open_store(settings.store), f"runs/{night.run_id}/report.html", b"<html><style>p{}</style><p>the night</p>"
+    )
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        client.post(f"/decide/{items[0]}", data={"final": "Discs", "csrf": token})
+        page = client.get("/nights")
+        report = client.get(f"/nights/{night.run_id}/report")
+        assert client.get("/nights/20200101T000000Z-s0/report").status_code == 404
+        assert client.get("/nights/..%2f..%2fetc/report").status_code == 404
+        assert httpx.get(f"{app.url}/nights/{night.run_id}/report").status_code == 303  # reviewers only
+    row = page.text.split(f'data-run="{night.run_id}"')[1].split("</tr>")[0]
+    assert re.findall(r'<td class="n">([^<]*)</td>', row) == ["10", "7", "2", "1", "10.0%"]
+    assert "mix &lt;b&gt;moved&lt;/b&gt;" in row and f'href="/nights/{night.run_id}/report"' in row
+    assert re.search(r"<td>alice</td><td class=\"n\">1</td>", page.text)
+    assert report.text.endswith("<p>the night</p>") and "sandbox" in report.headers["content-security-policy"]
+    assert "script-src" not in report.headers["content-security-policy"]
+
+
+def test_review_passwd_on_a_terminal_asks_twice_and_refuses_two_different_passwords():
+    def on_a_terminal(*answers: str) -> tuple[int, str]:
+        child, terminal = pty.fork()  # the child's controlling terminal is `terminal`, as at a shell
+        if child == 0:
+            os.execv(sys.executable, [sys.executable, "-m", "batch_job", "review-passwd", "carol"])
+        said = b""
+        for answer in answers:
+            while not said.rstrip().endswith(b":"):  # the prompt
+                assert select.select([terminal], [], [], 20)[0], f"no prompt for {answer!r}, only {said!r}"
+                said += os.read(terminal, 1024)
+            os.write(terminal, answer.encode() + b"\n")
+            said = b""
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the child has exited
+            while chunk := os.read(terminal, 1024):
+                output += chunk
+        return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]), output.decode()
+
+    status, output = on_a_terminal("pw-of-carol", "pw-of-caro")
+    assert status == 2 and "the two passwords differ" in output and "$argon2" not in output
+    status, output = on_a_terminal("pw-of-carol", "pw-of-carol")
+    assert status == 0 and "carol:$argon2id$" in output

@@ -3,12 +3,15 @@ app served on 127.0.0.1, with the results store and object store checked after e
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 
 import pytest
 from batch_job.ledger import NEEDS_REVIEW, REVIEWED, Ledger
+from batch_job.review import decisions
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from selenium import webdriver
@@ -18,8 +21,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from sqlalchemy import text
 
-from common.objectstore import list_objects, open_store
+from common.objectstore import list_objects, open_store, put_object
 from tests.review_support import (
     CLASSES,
     PASSWORDS,
@@ -33,6 +37,7 @@ from tests.review_support import (
 )
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+SCREENSHOT = os.environ.get("REVIEW_NIGHTS_SCREENSHOT")  # a path: the nights test saves its page there (docs)
 APT_CHROMIUM = "apt-get update -qq && apt-get install -y -qq chromium chromium-driver (or make sysdeps)"
 FLAGS = (
     "--headless",
@@ -160,9 +165,14 @@ def test_confirm_by_click_by_key_and_correct_through_the_search_box(settings, re
         assert search.get_attribute("class") == "search"
         search.send_keys("Rings", Keys.ENTER)
         wait_decided(driver, third)
+        assert not driver.find_element(By.ID, "page-done").is_displayed()
         driver.find_element(By.TAG_NAME, "body").send_keys("x")
         wait_decided(driver, fourth)
         assert driver.find_element(By.ID, "total").text == "0 waiting"
+        # After the last card of the page: a prompt, and n loads what still waits.
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "page-done").is_displayed())
+        driver.find_element(By.TAG_NAME, "body").send_keys("n")
+        WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "empty"))
 
     decided = rows(settings)
     assert {item: (decided[item].status, decided[item].final_category) for item in items} == {
@@ -237,3 +247,133 @@ def test_a_hostile_key_and_class_name_are_shown_as_text_and_run_nothing(settings
             driver.switch_to.alert.text  # noqa: B018 - reading it is the check
     assert told.startswith(f"inbox/2026-12-01/{hostile_name}: {hostile_class} (moved to sorted/{hostile_class}/")
     assert rows(settings)[item].final_category == hostile_class
+
+
+def test_wrong_passwords_are_throttled_in_the_browser(settings, tmp_path, browsers):
+    review = ReviewSettings(users_file=str(users_file(tmp_path)), login_limit_per_name="2/minute")
+    driver = browsers()
+    with review_app(settings, review) as app:
+        driver.get(app.url + "/login")
+        for _ in range(3):
+            driver.find_element(By.ID, "username").send_keys("alice")
+            driver.find_element(By.ID, "password").send_keys("not her password", Keys.ENTER)
+            WebDriverWait(driver, 10).until(
+                expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".error"))
+            )
+        assert "Too many wrong passwords: try again in" in driver.find_element(By.CSS_SELECTOR, ".error").text
+        driver.find_element(By.ID, "username").send_keys("alice")
+        driver.find_element(By.ID, "password").send_keys(PASSWORDS["alice"], Keys.ENTER)  # too late for now
+        assert "Too many wrong passwords" in driver.find_element(By.CSS_SELECTOR, ".error").text
+        assert not driver.find_elements(By.ID, "queue")
+
+
+def test_two_quick_keys_decide_two_cards_and_undo_brings_one_back(settings, review, browsers):
+    items = seed_night(settings, utc(2026, 12, 1), [Doubtful(f"{n}.jpg", guesses(0)) for n in range(3)])
+    driver = browsers()
+    with review_app(settings, review) as app:
+        log_in(driver, app.url, "alice")
+        first, second, third = (
+            int(c.get_attribute("data-item")) for c in driver.find_elements(By.CSS_SELECTOR, ".card")
+        )
+        driver.find_element(By.TAG_NAME, "body").send_keys("11")  # faster than the server answers
+        WebDriverWait(driver, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#done .decided")) == 2)
+        assert [int(c.get_attribute("data-item")) for c in driver.find_elements(By.CSS_SELECTOR, "#queue .card")] == [
+            third
+        ]
+        driver.find_element(By.TAG_NAME, "body").send_keys("u")  # the last decision back
+        WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, f"item-{second}"))
+        assert "current" in driver.find_element(By.ID, f"item-{second}").get_attribute("class")
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "total").text == "2 waiting")
+    decided = rows(settings)
+    assert (decided[first].status, decided[second].status, decided[third].status) == (
+        REVIEWED,
+        NEEDS_REVIEW,
+        NEEDS_REVIEW,
+    )
+    assert store_keys(settings, "sorted/") == [f"sorted/{CLASSES[0]}/2026-12-01/{items.index(first)}.jpg"]
+    assert len(store_keys(settings, "review/")) == 2
+
+
+def test_a_typo_keeps_the_card_and_the_count_follows_other_reviewers(settings, review, browsers):
+    items = seed_night(settings, utc(2026, 12, 1), [Doubtful(f"{n}.jpg", guesses(0)) for n in range(3)])
+    driver = browsers()
+    with review_app(settings, review) as app:
+        log_in(driver, app.url, "alice")
+        first = int(driver.find_elements(By.CSS_SELECTOR, ".card")[0].get_attribute("data-item"))
+        driver.find_element(By.TAG_NAME, "body").send_keys("/")
+        driver.switch_to.active_element.send_keys("ringz", Keys.ENTER)
+        suggestion = WebDriverWait(driver, 10).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, f"#item-{first} .suggestion")
+        )
+        assert (
+            suggestion.text == "Rings"
+            and "not one of the model's classes" in driver.find_element(By.ID, f"item-{first}").text
+        )
+        other = next(item for item in items if item != first)
+        decisions.decide(Ledger(settings.database_url).engine, other, "bob", "Cones")  # another reviewer
+        suggestion.click()
+        wait_decided(driver, first)
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "total").text == "1 waiting")
+    assert rows(settings)[first].final_category == "Rings"
+
+
+def test_the_whole_photo_opens_scaled_by_click_and_by_key(settings, review, browsers):
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))], photo_size=(900, 1200))
+    driver = browsers()
+    with review_app(settings, review) as app:
+        log_in(driver, app.url, "alice")
+        driver.find_element(By.CSS_SELECTOR, f"#item-{item} a.whole").click()
+        whole = driver.find_element(By.CSS_SELECTOR, "#whole img")
+        WebDriverWait(driver, 10).until(lambda d: d.execute_script("return arguments[0].naturalWidth", whole) > 0)
+        assert driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", whole) == [
+            900,
+            1200,
+        ]
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        WebDriverWait(driver, 10).until(lambda d: not d.find_element(By.ID, "whole").get_attribute("open"))
+        driver.find_element(By.TAG_NAME, "body").send_keys("o")
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "whole").get_attribute("open"))
+    assert rows(settings)[item].status == NEEDS_REVIEW  # looking decides nothing
+
+
+def test_at_500_px_nothing_scrolls_sideways_and_set_and_percentages_show(settings, review, browsers):
+    seed_night(settings, utc(2026, 12, 1), [Doubtful(f"{n}.jpg", guesses(n)) for n in range(2)])
+    driver = browsers()
+    driver.set_window_size(500, 900)
+    with review_app(settings, review) as app:
+        log_in(driver, app.url, "alice")
+        assert driver.execute_script(
+            "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        )
+        width = driver.execute_script("return document.documentElement.clientWidth")
+        card = driver.find_elements(By.CSS_SELECTOR, ".card")[0]
+        for element in [card.find_element(By.CSS_SELECTOR, ".set"), *card.find_elements(By.CSS_SELECTOR, ".guess .p")]:
+            box = driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", element)
+            assert element.is_displayed() and box["left"] >= 0 and box["right"] <= width, box
+
+
+def test_the_nights_page_lists_each_night_with_its_report(settings, review, browsers, tmp_path):
+    items = seed_night(settings, utc(2026, 12, 1), [Doubtful(f"{n}.jpg", guesses(n)) for n in range(2)])
+    ledger = Ledger(settings.database_url)
+    [night] = decisions.nights(ledger.engine)
+    summary = {"statuses": {"ok": 41, "needs_review": 2, "dead": 1}, "failure_rate": 0.023, "drift": {"warnings": []}}
+    with ledger.engine.begin() as connection:
+        connection.execute(text("UPDATE runs SET summary = :s"), {"s": json.dumps(summary)})
+    put_object(open_store(settings.store), f"runs/{night.run_id}/report.html", b"<h1>Night of 2026-12-01</h1>")
+    driver = browsers()
+    with review_app(settings, review) as app:
+        log_in(driver, app.url, "alice")
+        driver.find_element(By.CSS_SELECTOR, f"#item-{items[0]} .guess[data-key='1']").click()
+        wait_decided(driver, items[0])
+        driver.find_element(By.LINK_TEXT, "Nights").click()
+        row = WebDriverWait(driver, 10).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, f"tr[data-run='{night.run_id}']")
+        )
+        assert row.text.split()[:2] == ["2026-12-01", "0/1"] and "2.3%" in row.text and "none" in row.text
+        assert driver.find_element(By.ID, "today").text.splitlines()[1] == "alice 1"
+        if SCREENSHOT:
+            driver.save_screenshot(SCREENSHOT)
+        row.find_element(By.LINK_TEXT, "report").click()
+        WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.TAG_NAME, "h1"))
+        assert driver.find_element(By.TAG_NAME, "h1").text == "Night of 2026-12-01"
+        assert driver.current_url == f"{app.url}/nights/{night.run_id}/report"

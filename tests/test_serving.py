@@ -93,10 +93,12 @@ def test_multipart_upload_is_accepted(torchserve, classes):
     [(b"", 400), (b"this is not an image", 415), (encode(product_image("Discs", 104))[:400], 415)],
 )
 def test_bad_input_gets_a_clear_4xx_and_the_worker_survives(torchserve, data, status):
+    before = worker_pids(torchserve)
     answer = predict(torchserve, data)
     assert answer.status_code == status
     assert answer.json()["error"]
     assert predict(torchserve, encode(product_image("Discs", 105))).status_code == 200
+    assert worker_pids(torchserve) == before  # the same workers, none restarted
 
 
 def test_a_bad_image_in_a_batch_fails_alone(torchserve):

@@ -46,6 +46,13 @@ def test_a_badly_typed_environment_value_is_a_one_line_usage_error(tmp_path, com
 
 
 def test_the_flag_overrides_a_bad_environment_value(tmp_path):
-    overridden = refund_batch(tmp_path, "migrate", "--concurrency", "8", REFUND_CONCURRENCY="abc")
-    assert overridden.returncode == 0, overridden.stderr
-    assert "results store at revision" in overridden.stdout
+    overridden = refund_batch(tmp_path, "run", "--concurrency", "8", REFUND_CONCURRENCY="abc")
+    # Past the settings: the run fails only where it reaches for the (absent) TorchServe.
+    assert overridden.returncode == 2, overridden.stderr
+    assert "TorchServe unavailable" in overridden.stderr and "invalid" not in overridden.stderr
+
+
+def test_a_command_ignores_the_environment_of_settings_it_does_not_take(tmp_path):
+    migrated = refund_batch(tmp_path, "migrate", REFUND_CONCURRENCY="abc", REFUND_ROUTE="moov")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "results store at revision" in migrated.stdout

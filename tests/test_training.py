@@ -19,6 +19,7 @@ import torch
 from batch_job.drift import drift_report
 
 from common.styles import read_styles
+from tests.conftest import LEARNED, TINY_EPOCHS
 from tests.images import encode, product_image
 from training import train
 from training.catalog import ImageSource
@@ -108,12 +109,12 @@ def test_training_saves_weights_labels_metrics_and_plots(trained_model):
         assert (trained_model / name).stat().st_size > 0, name
     metrics = json.loads((trained_model / "metrics.json").read_text())
     assert metrics["samples"] == 18
-    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1
+    assert metrics["accuracy"] >= LEARNED and metrics["macro_f1"] >= LEARNED  # it learned the shapes
     assert set(metrics["per_class"]) == {"Boxes", "Discs", "Wedges"}
     assert metrics["calibration"]["temperature"] > 0
     meta = json.loads((trained_model / "model.json").read_text())
     assert meta["arch"] == "resnet18" and meta["preset"]["height"] == 80
-    assert len(json.loads((trained_model / "history.json").read_text())) == 3
+    assert len(json.loads((trained_model / "history.json").read_text())) == TINY_EPOCHS
 
 
 def test_model_card_names_data_metrics_and_confusions(trained_model):

@@ -1,6 +1,6 @@
 """Package a trained model as a TorchServe .mar: weights, labels, handler and what it imports.
 
-    python -m training.archive --model var/model --export-path var/model-store
+    refund-train archive --model var/model --out var/model-store
 
 The modules the handler imports (`handlers/presets.py`, `handlers/network.py`,
 `common/classes.py`) go into the archive as packages, so the served preprocessing is the
@@ -39,10 +39,10 @@ def stage_handler_package(build_dir: Path) -> Path:
     return build_dir
 
 
-def archive(model_dir: Path, export_path: Path, name: str, config_file: Path, build_dir: Path) -> Path:
+def archive(model_dir: Path, out: Path, name: str, config_file: Path, build_dir: Path) -> Path:
     meta = json.loads((model_dir / "model.json").read_text())
     staged = stage_handler_package(build_dir)
-    export_path.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     archiver = Path(sys.executable).parent / "torch-model-archiver"
     command = [
         str(archiver),
@@ -59,23 +59,22 @@ def archive(model_dir: Path, export_path: Path, name: str, config_file: Path, bu
         "--config-file",
         str(config_file),
         "--export-path",
-        str(export_path),
+        str(out),
         "--force",
     ]
     subprocess.run(command, check=True)
-    return export_path / f"{name}.mar"
+    return out / f"{name}.mar"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model", type=Path, default=Path("var/model"), help="output of training.train (default: var/model)"
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--export-path",
-        type=Path,
-        default=Path("var/model-store"),
-        help="where the .mar goes (default: var/model-store)",
+        "--model", type=Path, default=Path("var/model"), help="output of refund-train train (default: var/model)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("var/model-store"), help="where the .mar goes (default: var/model-store)"
     )
     parser.add_argument(
         "--name", default="refund-classifier", help="model name in TorchServe (default: refund-classifier)"
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         "--build-dir", type=Path, default=Path("var/build/mar"), help="staging folder (default: var/build/mar)"
     )
     args = parser.parse_args(argv)
-    mar = archive(args.model, args.export_path, args.name, args.config_file, args.build_dir)
+    mar = archive(args.model, args.out, args.name, args.config_file, args.build_dir)
     print(f"archived {mar} ({mar.stat().st_size / 1e6:.1f} MB)")
 
 

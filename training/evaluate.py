@@ -1,7 +1,7 @@
 """Evaluate a trained model in-process, with the same preprocessing the handler uses.
 
-    python -m training.evaluate --model var/model --prepared var/data            # the test split
-    python -m training.evaluate --model var/model --photos ../shared/datasets/returns-photos-sample
+    refund-train evaluate --model var/model --prepared var/data          # the test split
+    refund-train evaluate --model var/model --photos ../shared/datasets/returns-photos-sample
 
 The promotion gate (training.registry) scores candidate and production this way, on the
 same split, so that "better" never compares numbers measured on different images.
@@ -97,11 +97,13 @@ def record_photos(model_dir: Path, photos: Path, label_column: str) -> dict:
     return metrics["photos"]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=Path("var/model"), help="(default: var/model)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--prepared", type=Path, default=Path("var/data"), help="training.prepare's output")
+    source.add_argument("--prepared", type=Path, default=Path("var/data"), help="output of refund-train prepare")
     source.add_argument("--photos", type=Path, help="labelled photos instead: styles.csv + images/")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
     parser.add_argument("--label-column", default="articleType", help="of --photos' styles.csv")

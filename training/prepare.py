@@ -3,8 +3,8 @@
 Writes `<out>/manifest.csv` (id, label, split) and `<out>/dataset.json` (the source,
 classes, what was left out and why, split sizes). Training reads only these two files.
 
-    python -m training.prepare --data ../shared/datasets/fashion-product-images-small --out var/data
-    python -m training.prepare --data ... --out var/data --extra var/reviewed   # plus reviewed returns
+    refund-train prepare --data ../shared/datasets/fashion-product-images-small --out var/data
+    refund-train prepare --data ... --out var/data --extra var/reviewed   # plus reviewed returns
 """
 
 from __future__ import annotations
@@ -130,8 +130,10 @@ def prepare(
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True, help="folder with styles.csv and images/ or images.zip")
     parser.add_argument(
         "--out", type=Path, default=Path("var/data"), help="where manifest.csv goes (default: var/data)"

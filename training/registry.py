@@ -1,11 +1,11 @@
 """The model registry: every trained model under models/<version>/ in the object store, and a
 promotion gate that lets a model into production only if it beats the one there.
 
-    python -m training.registry publish --model var/model --mar var/model-store/refund-classifier.mar
-    python -m training.registry promote latest --prepared var/data    # exit 1: refused, with why
-    python -m training.registry rollback                              # back to the previous production
-    python -m training.registry fetch production --out var/serve-model-store
-    python -m training.registry list
+    refund-train registry publish --model var/model --mar var/model-store/refund-classifier.mar
+    refund-train registry promote latest --prepared var/data  # exit 1: refused, with why
+    refund-train registry rollback                            # back to the previous production
+    refund-train registry fetch production --out var/serve-model-store
+    refund-train registry list
 
 The registry lives in a local folder by default (REFUND_REGISTRY=var/registry) or any
 S3-compatible store (REFUND_REGISTRY=s3://bucket/prefix, AWS_* variables as for the batch job):
@@ -285,8 +285,10 @@ def rollback(registry: Registry) -> tuple[str, str]:
     return current, state["version"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--registry",
         default=os.environ.get("REFUND_REGISTRY", "var/registry"),
@@ -294,8 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     publish_cmd = commands.add_parser("publish", help="upload a trained model and its .mar as a new version")
-    publish_cmd.add_argument("--model", type=Path, default=Path("var/model"))
-    publish_cmd.add_argument("--mar", type=Path, default=Path("var/model-store") / MAR_NAME)
+    publish_cmd.add_argument(
+        "--model", type=Path, default=Path("var/model"), help="output of refund-train train (default: var/model)"
+    )
+    publish_cmd.add_argument(
+        "--mar",
+        type=Path,
+        default=Path("var/model-store") / MAR_NAME,
+        help=f"its .mar, from refund-train archive (default: var/model-store/{MAR_NAME})",
+    )
     promote_cmd = commands.add_parser("promote", help="promote a version if it beats production (exit 1 if not)")
     promote_cmd.add_argument("version", nargs="?", default="latest", help="a version or `latest` (default)")
     promote_cmd.add_argument("--prepared", type=Path, default=Path("var/data"), help="whose test split decides")

@@ -1,11 +1,11 @@
 """Reviewed returns as an evaluation set of their own: the test share of the photos that
-`training.prepare --extra` took from `refund-batch export-labels`.
+`refund-train prepare --extra` took from `refund-batch export-labels`.
 
 Catalogue shots are not what the returns desk photographs; these are. The model card reports the
 accuracy and the auto-sort share at the model's review threshold on them, and the registry's
 promotion gate refuses a candidate that is worse on them than production.
 
-    python -m training.returns --model var/model --prepared var/data    # print, and record in the card
+    refund-train returns --model var/model --prepared var/data  # print, and record in the card
 """
 
 from __future__ import annotations
@@ -71,14 +71,16 @@ def record_returns(model_dir: Path, prepared: Path) -> dict | None:
     return figures
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=Path("var/model"), help="(default: var/model)")
     parser.add_argument("--prepared", type=Path, default=Path("var/data"), help="prepared with --extra")
     args = parser.parse_args(argv)
     figures = record_returns(args.model, args.prepared)
     if figures is None:
-        print(f"{args.prepared} holds no reviewed returns in its test split (training.prepare --extra)")
+        print(f"{args.prepared} holds no reviewed returns in its test split (refund-train prepare --extra)")
     else:
         print(
             f"{args.model} on {figures['images']} reviewed returns: accuracy {figures['accuracy']:.3f}, auto-sorts "

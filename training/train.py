@@ -1,6 +1,6 @@
 """Train a ResNet classifier on the prepared split and save what the .mar needs.
 
-    python -m training.train --prepared var/data --out var/model --epochs 3 --max-per-class 100
+    refund-train train --prepared var/data --out var/model --epochs 3 --max-per-class 100
 
 Writes to --out: model.pt (weights), index_to_name.json, model.json (architecture,
 preprocessing, calibration temperature, version), metrics.json (test split),
@@ -89,10 +89,12 @@ def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tenso
     return error
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--prepared", type=Path, default=Path("var/data"), help="output of training.prepare (default: var/data)"
+        "--prepared", type=Path, default=Path("var/data"), help="output of refund-train prepare (default: var/data)"
     )
     parser.add_argument("--out", type=Path, default=Path("var/model"), help="where the model goes (default: var/model)")
     parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet18", help="ResNet depth (default: resnet18)")
@@ -306,8 +308,8 @@ def write_outputs(
     return version
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    args = parse_args(argv, prog)
     generator = seed_everything(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,13 +1,7 @@
-"""refund-batch: the nightly job that classifies new photos of returned items.
+"""refund-batch: the nightly job that sorts photos of returned items, and the review page for the doubtful ones.
 
-    python -m batch_job ingest PHOTO_OR_FOLDER...   # put desk photos into inbox/<today>/
-    python -m batch_job run                         # classify what is new, publish runs/<id>/
-    python -m batch_job report [--labels styles.csv --classes index_to_name.json]
-    python -m batch_job migrate                     # bring the results store's schema to the newest
-
-Exit codes of `run`: 0 done; 1 failed, dead-lettered and left-pending images exceed
---max-failure-rate; 2 TorchServe could not be reached (nothing was claimed); 3 the night was
-recorded and published, but scaling TorchServe back down failed (it is still running).
+Every setting is a flag whose default comes from a REFUND_* environment variable;
+`refund-batch COMMAND --help` lists the ones that command takes.
 """
 
 from __future__ import annotations
@@ -30,8 +24,9 @@ from batch_job.logs import configure
 from batch_job.night import nightly
 from batch_job.report import accuracy_report, category_summary, read_labels
 from batch_job.review import cli as review_cli
-from batch_job.settings import Settings
+from batch_job.settings import PHOTOS, RESULTS, Settings
 from common.classes import load_classes
+from common.cli import add_command, add_version
 from common.objectstore import open_store
 
 log = logging.getLogger("refund-batch")
@@ -123,26 +118,41 @@ def migrate_command(settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+RUN_EXIT_CODES = """exit codes: 0 done; 1 failed, dead-lettered and left-pending images exceed --max-failure-rate;
+2 TorchServe could not be reached (nothing was claimed); 3 the night was recorded and published,
+but scaling TorchServe back down failed (it is still running)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="refund-batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="classify new images, record and publish the results")
+    add_version(parser)
+    commands = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    run_parser = add_command(
+        commands, "run", "classify new photos, record and publish the results (the nightly job)", epilog=RUN_EXIT_CODES
+    )
+    Settings.add_arguments(run_parser)
     run_parser.add_argument("--lock-file", type=Path, help="skip this run if another one holds this lock (cron)")
-    report_parser = commands.add_parser("report", help="summarise the results store")
-    report_parser.add_argument("--labels", type=Path, help="a styles.csv whose ids name the images: prints accuracy")
-    report_parser.add_argument("--label-column", default="articleType", help="(default: articleType)")
-    report_parser.add_argument("--classes", type=Path, help="the model's index_to_name.json, to count unknown labels")
-    ingest_parser = commands.add_parser("ingest", help="put desk photos into the inbox's date partition")
+    ingest_parser = add_command(commands, "ingest", "put desk photos into the inbox's date partition")
+    Settings.add_arguments(ingest_parser, PHOTOS)
     ingest_parser.add_argument("paths", type=Path, nargs="+", help="photos, or folders of photos")
     ingest_parser.add_argument(
         "--date", type=date.fromisoformat, default=datetime.now(UTC).date(), help="partition (default: today, UTC)"
     )
-    migrate_parser = commands.add_parser("migrate", help="upgrade the results store's schema to the newest revision")
-    for sub in (run_parser, report_parser, ingest_parser, migrate_parser, *review_cli.add_commands(commands)):
-        Settings.add_arguments(sub)
-    args = parser.parse_args(argv)
+    report_parser = add_command(commands, "report", "summarise the results store (accuracy with --labels)")
+    Settings.add_arguments(report_parser, RESULTS)
+    report_parser.add_argument("--labels", type=Path, help="a styles.csv whose ids name the images: prints accuracy")
+    report_parser.add_argument("--label-column", default="articleType", help="(default: articleType)")
+    report_parser.add_argument("--classes", type=Path, help="the model's index_to_name.json, to count unknown labels")
+    migrate_parser = add_command(commands, "migrate", "upgrade the results store's schema to the newest revision")
+    Settings.add_arguments(migrate_parser, RESULTS)
+    review_cli.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     settings = Settings.from_args(args)
     configure()
     if args.command == "run":

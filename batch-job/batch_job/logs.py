@@ -18,6 +18,10 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
         }
         entry.update({key: value for key, value in vars(record).items() if key not in STANDARD})
+        if record.exc_info:  # log.exception: what went wrong and where, not only that something did
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str)
 
 

@@ -51,6 +51,7 @@ def nightly(settings: Settings) -> Night:
     previous = [run.summary for run in ledger.recent_runs(RECENT_RUNS, before=stats.run_id) if run.summary]
     summary = summarize(stats, rows, previous, settings.drift_threshold)
     summary["scale_down_error"] = scaled.scale_down_error if scaled else None
+    summary["max_failure_rate"] = settings.max_failure_rate  # the threshold the night's alert compares with
     photos = Photos(store, settings.inbox_prefix, settings.route, ReviewSettings.thumbnails_prefix)
     report = html_report.render(summary, rows, photos, review_stats(ledger.engine))
     folder = publish(store, settings, summary, rows, report)

@@ -68,12 +68,20 @@ class Settings:
     scale_timeout: float = 600.0
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_env_arguments(parser, cls, ENV_PREFIX, HELP, ENV_FALLBACKS, {"route": ("none", "copy", "move")})
+    def add_arguments(cls, parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+        """Flags for the named fields (all when None): each subcommand takes the settings it reads, no others."""
+        add_env_arguments(parser, cls, ENV_PREFIX, HELP, ENV_FALLBACKS, {"route": ("none", "copy", "move")}, names)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
-        return cls(**{field.name: getattr(args, field.name) for field in fields(cls)})
+        """The fields the command took from its flags; the others keep their defaults, which it does not read."""
+        return cls(**{field.name: getattr(args, field.name) for field in fields(cls) if hasattr(args, field.name)})
+
+
+# The settings each subcommand reads; `run` reads them all.
+PHOTOS = ("store", "inbox_prefix")  # where the desk's photos arrive
+RESULTS = ("database_url",)  # the results ledger
+ROUTED = (*PHOTOS, *RESULTS, "route")  # a processed photo, wherever the night moved it
 
 
 def add_env_arguments(
@@ -83,10 +91,13 @@ def add_env_arguments(
     helps: dict[str, str],
     fallbacks: dict[str, str] | None = None,
     choices: dict[str, tuple[str, ...]] | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> None:
-    """A flag per field of the `settings` dataclass, its default from the environment variable
-    prefix + NAME (else the one `fallbacks` names, else the field's default)."""
+    """A flag per field of the `settings` dataclass (those in `names`, if given), its default from the
+    environment variable prefix + NAME (else the one `fallbacks` names, else the field's default)."""
     for field in fields(settings):
+        if names is not None and field.name not in names:
+            continue
         env = prefix + field.name.upper()
         fallback = (fallbacks or {}).get(field.name, "")
         variable = env if env in os.environ else fallback if fallback in os.environ else None

@@ -15,7 +15,7 @@ LOADTEST_ARGS ?=
 .PHONY: bench loadtest bench-training
 
 bench: venv archive  ## in-process bound, TorchServe and a naive server on the sample photos (BENCH_SECONDS)
-	$(PY) -m tests.benchmarks.bench_serving --sample $(SAMPLE) --model-dir $(MODEL_DIR) \
+	$(PY) -m tests.benchmarks.bench_serving --sample $(SAMPLE) --model $(MODEL_DIR) \
 		--model-store $(dir $(MAR)) --seconds $(BENCH_SECONDS) $(BENCH_ARGS)
 
 loadtest: venv archive  ## locust load test against the local TorchServe (USERS, SECONDS); reports in var/loadtest/

@@ -355,7 +355,7 @@ def naive(model_dir: Path) -> Iterator[tuple[int, int, int]]:
     """The naive server in a child process; yields its port, pid and torch threads."""
     port = free_port()
     command = [sys.executable, "-m", "tests.benchmarks.bench_serving", "--naive-server", str(port)]
-    process = subprocess.Popen([*command, "--model-dir", str(model_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([*command, "--model", str(model_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         ready = process.stdout.readline().split()
         if not ready or ready[0] != "ready":
@@ -404,7 +404,7 @@ def check_answers(bodies: dict[int, bytes], expected: list[dict[str, float]]) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sample", type=Path, default=ROOT.parent / "shared/datasets/returns-photos-sample")
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "var/model")
+    parser.add_argument("--model", type=Path, default=ROOT / "var/model", help="the trained model folder")
     parser.add_argument("--model-store", type=Path, default=ROOT / "var/model-store")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "var/bench-serving")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per setup (default: 30)")
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.naive_server:
-        naive_server(args.naive_server, args.model_dir)
+        naive_server(args.naive_server, args.model)
         return 0
 
     photos = [path.read_bytes() for path in sorted((args.sample / "images").glob("*.jpg"))]
@@ -434,13 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(photos)} photos ({size:.0f} kB average), {usable_cpus()} usable CPUs, {loadavg()}")
     print(f"other processes use {100 * before.share:.0f}% of the CPUs before the start", flush=True)
 
-    expected = expected_probabilities(photos, args.model_dir)
-    inprocess = InProcess(photos, args.model_dir)
+    expected = expected_probabilities(photos, args.model)
+    inprocess = InProcess(photos, args.model)
     best_sizes = inprocess.sweep()
     print(f"starting TorchServe ({mar}) and the naive server ...", flush=True)
     with ExitStack() as stack:
         ports, frontend = stack.enter_context(torchserve(args.model_store, args.run_dir / "torchserve"))
-        naive_port, naive_pid, naive_threads = stack.enter_context(naive(args.model_dir))
+        naive_port, naive_pid, naive_threads = stack.enter_context(naive(args.model))
         setups: dict[str, Callable[[float], Result]] = {
             f"in-process ({strategy})": inprocess.setup(strategy, size) for strategy, size in best_sizes.items()
         }

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+
+import pytest
 
 T = TypeVar("T")
 
@@ -74,3 +79,35 @@ def diagnose(namespace: str) -> str:
 def report(message: str) -> None:
     """A progress line, flushed: `make k8s-e2e` runs pytest with -s, so CI shows it as it happens."""
     print(f"[k8s-e2e {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def can_i(account: str, namespace: str, *args: str) -> bool:
+    """`kubectl auth can-i` as `account`: True on "yes", False on "no", and a failure on anything else
+    (an error, a mistyped flag, a warning such as an unknown resource type), which must never read as a "no"."""
+    command = ("kubectl", "auth", "can-i", "--as", account, "-n", namespace, *args)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    answer = (done.returncode, done.stdout.strip(), done.stderr.strip())
+    if answer not in ((0, "yes", ""), (1, "no", "")):
+        raise CommandFailed(f"{shlex.join(command)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    return done.returncode == 0
+
+
+def require_cluster() -> None:
+    """Fails (never skips) where KUBECONFIG is unset or its cluster does not answer."""
+    if not os.environ.get("KUBECONFIG"):
+        pytest.fail("KUBECONFIG is not set: start a cluster (make cluster-up, kind, k3d, minikube) and point it there")
+    try:
+        kubectl("get", "--raw", "/readyz", timeout=20)
+    except (CommandFailed, subprocess.TimeoutExpired) as error:
+        pytest.fail(f"the cluster of KUBECONFIG={os.environ['KUBECONFIG']} does not answer: {error}")
+
+
+@contextlib.contextmanager
+def scratch_namespace(prefix: str) -> Iterator[str]:
+    """A namespace of its own for a test module, deleted (without waiting) afterwards."""
+    name = prefix + secrets.token_hex(3)
+    kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)

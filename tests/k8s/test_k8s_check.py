@@ -4,6 +4,8 @@ reject what a cluster would reject (removed APIs, unknown kinds and fields, bad 
 from __future__ import annotations
 
 import importlib.util
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,9 +88,9 @@ def versions(check):
 
 def test_validation_covers_the_versions_after_the_clusters_1_28(versions):
     """The chart admits 1.28 (the lab cluster's version, where the API server itself checks it: make k8s-e2e);
-    every newer version's schema is checked offline."""
-    assert versions[0] == "1.29"
-    assert len(versions) >= 2
+    every newer version's schema is checked offline, up to the minor version of the pinned kubernetes-validate."""
+    pin = re.search(r"^KUBERNETES_VALIDATE_VERSION := 1\.(\d+)\.", (ROOT / "k8s" / "check.mk").read_text(), re.M)
+    assert versions == [f"1.{minor}" for minor in range(29, int(pin.group(1)) + 1)]
 
 
 def test_a_removed_api_fails(check, versions):
@@ -254,3 +256,70 @@ def test_kserve_mode_keeps_the_disruption_budget_and_network_policy(check):
     assert policy["ingress"][0]["ports"] == [{"port": 8080}]
     model = docs["InferenceService/r-refund-sorter"]["spec"]["predictor"]["model"]
     assert model["startupProbe"]["httpGet"]["path"] == "/v1/models/refund-classifier"
+
+
+def notes(check, tmp_path: Path, *settings: str) -> tuple[list[str], dict[str, dict]]:
+    """The commands NOTES.txt prints (its lines indented four spaces) and the objects of the same rendering.
+
+    `helm install --dry-run` needs a cluster, and `helm template` leaves NOTES.txt out: a copy of the chart renders
+    the very file with `tpl` into a ConfigMap, through the same engine, values and named templates."""
+    chart = tmp_path / "chart"
+    shutil.copytree(check.CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "NOTES.txt")
+    probe = '{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "notes-probe"}, "data": {"notes": %s}}'
+    (chart / "templates" / "notes-probe.yaml").write_text(probe % '{{ tpl (.Files.Get "NOTES.txt") . | toJson }}')
+    helm, _ = check.layer_binaries()
+    options = [option for setting in settings for option in (("--set", setting) if "=" in setting else (setting,))]
+    out = subprocess.run(
+        [str(helm), "template", "r", str(chart), "-n", "refunds", *options], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    docs = {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in check.documents(out.stdout)}
+    text = docs.pop("ConfigMap/notes-probe")["data"]["notes"]
+    return [line[4:] for line in text.splitlines() if line.startswith("    ")], docs
+
+
+# deployment/NAME, service/NAME (with the port a port-forward names), cronjob/NAME, inferenceservice/NAME
+NAMED_OBJECT = r"\b(deployment|service|cronjob|inferenceservice)/([a-z0-9-]+)(?: \d+:(\d+))?"
+KINDS = {"deployment": "Deployment", "service": "Service", "cronjob": "CronJob", "inferenceservice": "InferenceService"}
+
+
+def test_notes_print_commands_for_what_the_chart_creates(check, tmp_path):
+    """Each printed command is one whole line and names objects and ports this rendering creates; the curl sends the
+    photo as an image (without a Content-Type, curl sends a form, which TorchServe does not hand on as the image)."""
+    value_sets = {"default": [], "all-on": ["-f", str(check.CHART / "ci" / "all-on-values.yaml")]}
+    value_sets["review"] = ["review.enabled=true"]
+    value_sets["kserve"] = ["-f", str(check.CHART / "ci" / "kserve-values.yaml")]
+    printed = {}
+    for name, values in value_sets.items():
+        commands, docs = notes(check, tmp_path / name, *values)
+        printed[name] = commands
+        assert all(command.split()[0] in {"kubectl", "curl", "helm", "refund-batch", "printf"} for command in commands)
+        assert not [command for command in commands if command.endswith("\\")], "a command goes on on the next line"
+        for command in commands:
+            assert not command.startswith("kubectl") or command.startswith("kubectl -n refunds "), command
+            for kind, object_name, port in re.findall(NAMED_OBJECT, command):
+                if object_name.endswith("-predictor"):
+                    continue  # KServe makes the predictor's Service: not in the rendering
+                assert f"{KINDS[kind]}/{object_name}" in docs, f"{command}: no such object in {sorted(docs)}"
+                if port:
+                    ports = [entry["port"] for entry in docs[f"Service/{object_name}"]["spec"]["ports"]]
+                    assert int(port) in ports, command
+    predict = "curl -H 'Content-Type: image/jpeg' --data-binary @photo.jpg http://127.0.0.1:8080/predictions/refund-classifier"
+    assert predict in printed["default"] and predict in printed["all-on"]
+    assert "kubectl -n refunds port-forward service/r-refund-sorter-review 8090:8090" in printed["review"]
+    assert any("Content-Type: application/json" in command and ":predict" in command for command in printed["kserve"])
+
+
+def test_review_header_mode_passes_the_proxy_secret_from_the_secret_and_requires_it(check):
+    docs = rendered(check, "review.enabled=true", "review.userHeader=X-Forwarded-User", "review.proxySecretKey=proxy")
+    (container,) = docs["Deployment/r-refund-sorter-review"]["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["REFUND_REVIEW_USER_HEADER"]["value"] == "X-Forwarded-User"
+    assert env["REFUND_REVIEW_PROXY_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "refund-sorter-review",
+        "key": "proxy",
+    }
+    refused = render(check, "review.enabled=true", "review.userHeader=X-Forwarded-User")
+    assert refused.returncode != 0 and "review.proxySecretKey is required" in refused.stderr
+    assert "REFUND_REVIEW_PROXY_SECRET" not in render(check, "review.enabled=true").stdout

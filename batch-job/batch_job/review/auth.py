@@ -33,7 +33,8 @@ def read_users(path: Path) -> dict[str, str]:
 
 class Reviewers:
     """The users file, read again when it changes: an updated Kubernetes Secret (or an added line)
-    takes effect without a restart. A broken update keeps the reviewers read before."""
+    takes effect without a restart, and a reviewer removed from it is logged out. A broken update (or a
+    missing, unreadable file) keeps the reviewers read before, and is logged once."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -41,16 +42,27 @@ class Reviewers:
         # Unknown names are checked against this too, so a wrong name takes as long as a wrong password.
         self.decoy = self.hasher.hash(secrets.token_urlsafe(16))
         self.hashes = read_users(path) if path else {}  # a broken file at start is an error
-        self.stamp = path.stat().st_mtime_ns if path else None
+        self.stamp: int | None = path.stat().st_mtime_ns if path else None
 
     def refresh(self) -> None:
-        if self.path is None or self.path.stat().st_mtime_ns == self.stamp:
+        if self.path is None:
             return
-        self.stamp = self.path.stat().st_mtime_ns
         try:
+            stamp = self.path.stat().st_mtime_ns
+            if stamp == self.stamp:
+                return
+            self.stamp = stamp
             self.hashes = read_users(self.path)
         except (OSError, ValueError):
-            log.exception("users file unreadable; keeping the reviewers read before", extra={"path": str(self.path)})
+            if self.stamp is not None:  # once per breakage, not once per request
+                log.exception(
+                    "users file unreadable; keeping the reviewers read before", extra={"path": str(self.path)}
+                )
+            self.stamp = None
+
+    def has(self, name: str) -> bool:
+        self.refresh()
+        return name in self.hashes
 
     def verify(self, name: str, password: str) -> bool:
         self.refresh()
@@ -61,8 +73,10 @@ class Reviewers:
 
 
 def hash_line(name: str, password: str) -> str:
-    if ":" in name or not name.strip():
-        raise ValueError("a reviewer's name must be non-empty and contain no ':'")
+    if ":" in name or not name.strip() or name != name.strip():
+        raise ValueError(f"{name!r}: a reviewer's name must be non-empty, without ':' or surrounding spaces")
+    if not password:
+        raise ValueError("the password is empty")
     return f"{name}:{PasswordHasher().hash(password)}"
 
 

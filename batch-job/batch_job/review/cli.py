@@ -12,35 +12,55 @@ from batch_job.ledger import Ledger
 from batch_job.review.auth import hash_line
 from batch_job.review.photos import Photos
 from batch_job.review.settings import ReviewSettings
-from batch_job.settings import Settings
+from batch_job.settings import ROUTED, Settings
+from common.cli import add_command
 from common.objectstore import open_store
 
 COMMANDS = ("review", "review-passwd", "export-labels")
 
 
-def add_commands(commands) -> list[argparse.ArgumentParser]:
-    """Adds the subcommands; returns them, for the nightly job's settings (store, database) to be added."""
-    review = commands.add_parser("review", help="serve the review page for the doubtful items")
-    ReviewSettings.add_arguments(review)
-    passwd = commands.add_parser("review-passwd", help="print a users-file line for a reviewer (password on stdin)")
-    passwd.add_argument("name", help="the reviewer's login name")
-    export = commands.add_parser("export-labels", help="write reviewed items as styles.csv + images/ for training")
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Adds the subcommands, each with the nightly job's settings it reads (where the photos and results are)."""
+    export = add_command(commands, "export-labels", "write reviewed items as styles.csv + images/ for training")
+    Settings.add_arguments(export, ROUTED)
     export.add_argument("--out", type=Path, required=True, help="folder to write")
-    return [review, passwd, export]
+    review = add_command(commands, "review", "serve the review page for the doubtful items")
+    Settings.add_arguments(review, ROUTED)
+    ReviewSettings.add_arguments(review)
+    passwd = add_command(commands, "review-passwd", "print a users-file line for a reviewer (password on stdin)")
+    passwd.add_argument("name", help="the reviewer's login name")
+
+
+def print_hash_line(name: str) -> int:
+    """The users-file line for `name`; exit 2 with one line for an empty password, a bad name or a mistyped
+    confirmation (a terminal asks twice; a pipe gives the password once)."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("review-passwd: the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    try:
+        print(hash_line(name, password))
+    except ValueError as exc:
+        print(f"review-passwd: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
     if command == "review-passwd":
-        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
-        print(hash_line(args.name, password))
-        return 0
+        return print_hash_line(args.name)
     if command == "review":
         from batch_job.review.serve import serve  # uvicorn only where the page is served
 
         serve(settings, ReviewSettings.from_args(args))
         return 0
     thumbnails = ReviewSettings.thumbnails_prefix  # unused by the export, which reads the photos themselves
-    photos = Photos(open_store(settings.store), settings.inbox_prefix, settings.route, thumbnails)
+    photos = Photos(
+        open_store(settings.store), settings.inbox_prefix, settings.route, thumbnails, settings.max_image_bytes
+    )
     report = export_labels(Ledger(settings.database_url).engine, photos, args.out)
     for key, reason in report.missing.items():
         print(f"left out {key}: {reason}", file=sys.stderr)

@@ -8,13 +8,20 @@ The model's answer (category, probability, top3) stays untouched beside the fina
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Engine, and_, case, func, select, update
+from sqlalchemy import Engine, and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Result, aware, utcnow
+from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Result, Run, aware, utcnow
+
+UNDO_WINDOW = timedelta(minutes=10)
+
+
+def clock(moment: datetime | None) -> str | None:
+    return f"{moment:%H:%M:%S}" if moment is not None else None
 
 
 def night_of(run_id: str) -> date:
@@ -26,7 +33,7 @@ def night_of(run_id: str) -> date:
 class QueueFilter:
     night: date | None = None
     category: str | None = None
-    page: int = 1
+    after: int | None = None  # the page starts after this item in queue order (keyset paging)
     page_size: int = 50
 
     def conditions(self) -> list:
@@ -44,9 +51,23 @@ class QueuePage:
     total: int
     nights: list[date]
     categories: list[str]
+    more: bool  # items wait after this page
 
-    def pages(self, page_size: int) -> int:
-        return max(1, -(-self.total // page_size))
+
+def after(row: Result):
+    """Items after `row` in queue order (newest night first, least sure first, then by id). Decided items
+    leave the queue: paging by offset would skip as many items as were decided, paging by key skips none."""
+    probability = func.coalesce(Result.probability, 0.0)
+    mine = row.probability or 0.0
+    return or_(
+        Result.run_id < row.run_id,
+        and_(Result.run_id == row.run_id, or_(probability > mine, and_(probability == mine, Result.id > row.id))),
+    )
+
+
+def waiting(engine: Engine, wanted: QueueFilter) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(Result).where(*wanted.conditions())) or 0
 
 
 def queue_page(engine: Engine, wanted: QueueFilter) -> QueuePage:
@@ -54,22 +75,27 @@ def queue_page(engine: Engine, wanted: QueueFilter) -> QueuePage:
     with Session(engine) as session:
         conditions = wanted.conditions()
         total = session.scalar(select(func.count()).select_from(Result).where(*conditions)) or 0
-        items = session.scalars(
-            select(Result)
-            .where(*conditions)
-            .order_by(Result.run_id.desc(), Result.probability, Result.id)
-            .offset((wanted.page - 1) * wanted.page_size)
-            .limit(wanted.page_size)
+        start = session.get(Result, wanted.after) if wanted.after is not None else None
+        if start is not None:
+            conditions.append(after(start))
+        items = list(
+            session.scalars(
+                select(Result)
+                .where(*conditions)
+                .order_by(Result.run_id.desc(), func.coalesce(Result.probability, 0.0), Result.id)
+                .limit(wanted.page_size + 1)
+            )
         )
         nights = session.scalars(
             select(func.substr(Result.run_id, 1, 8)).where(Result.status == NEEDS_REVIEW).distinct()
         )
         categories = session.scalars(select(Result.category).where(Result.status == NEEDS_REVIEW).distinct())
         return QueuePage(
-            list(items),
+            items[: wanted.page_size],
             total,
             sorted({night_of(night) for night in nights}, reverse=True),
             sorted(category for category in categories if category),
+            len(items) > wanted.page_size,
         )
 
 
@@ -113,6 +139,37 @@ def decide(
     return Outcome(bool(won), item(engine, row_id))
 
 
+def undo(engine: Engine, row_id: int, reviewer: str, put_back: Callable[[Result], str | None]) -> Outcome:
+    """Take back `reviewer`'s own decision: the item waits for review again, as before it.
+
+    Only within UNDO_WINDOW and before any night started after the decision (it may have exported or
+    routed it). One conditional UPDATE, like a decision, so a second undo or another reviewer's undo
+    loses; `put_back` moves the photo back to review/ (returning where it is now, None: routing is off)
+    inside the same transaction, so a failed move leaves the decision standing.
+    """
+    now = utcnow()
+    later_night = exists().where(Run.started_at > Result.reviewed_at)
+    with Session(engine) as session, session.begin():
+        before = session.get(Result, row_id)
+        won = session.execute(
+            update(Result)
+            .where(
+                Result.id == row_id,
+                Result.status.in_((REVIEWED, UNUSABLE)),
+                Result.reviewed_by == reviewer,
+                Result.reviewed_at > now - UNDO_WINDOW,
+                ~later_night,
+            )
+            .values(status=NEEDS_REVIEW, final_category=None, reviewed_by=None, reviewed_at=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if won:
+            place = put_back(before)
+            if place is not None:
+                session.execute(update(Result).where(Result.id == row_id).values(route_to=place, routed_at=now))
+    return Outcome(bool(won), item(engine, row_id))
+
+
 def routed(engine: Engine, row_id: int, destination: str) -> None:
     """The decided photo is at `destination` now."""
     with Session(engine) as session, session.begin():
@@ -152,6 +209,29 @@ def review_stats(engine: Engine, days: int = 7) -> ReviewStats:
             {now.date() - timedelta(days=back): per_day[now.date() - timedelta(days=back)] for back in range(days)},
             {category: (int(agreed), int(decided)) for category, agreed, decided in agreement},
         )
+
+
+def decided_today(engine: Engine) -> dict[str, int]:
+    """Decisions since midnight UTC, per reviewer."""
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Result.reviewed_by, func.count())
+            .where(Result.reviewed_at >= midnight, Result.reviewed_by.is_not(None))
+            .group_by(Result.reviewed_by)
+        )
+        return dict(sorted((name, count) for name, count in rows))
+
+
+def nights(engine: Engine, limit: int = 60) -> list[Run]:
+    """The newest runs, newest first (one per shard and night)."""
+    with Session(engine) as session:
+        return list(session.scalars(select(Run).order_by(Run.run_id.desc()).limit(limit)))
+
+
+def run(engine: Engine, run_id: str) -> Run | None:
+    with Session(engine) as session:
+        return session.get(Run, run_id)
 
 
 def reviewed(engine: Engine) -> list[Result]:

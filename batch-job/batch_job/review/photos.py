@@ -8,12 +8,14 @@ from pathlib import PurePosixPath
 
 from obstore.store import ObjectStore
 
-from batch_job.ledger import Result
-from batch_job.store import route_object
+from batch_job.ledger import NEEDS_REVIEW, Result
+from batch_job.settings import Settings
+from batch_job.store import read_image, route_object
 from batch_job.thumbnails import make_thumbnail
 from common.objectstore import put_object, read_object
 
 THUMBNAIL = (240, 320)
+WHOLE = (1600, 1600)  # the whole photo, scaled to fit a screen
 UNUSABLE_FOLDER = "unusable"
 
 
@@ -27,12 +29,25 @@ def folder_name(category: str) -> str:
     return category
 
 
+def shown(row: Result) -> bool:
+    """Photos are shown only of items that are or were in review: not every photo of the inbox."""
+    return row.status == NEEDS_REVIEW or row.reviewed_by is not None
+
+
 class Photos:
-    def __init__(self, store: ObjectStore, inbox_prefix: str, route: str, thumbnails_prefix: str) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        inbox_prefix: str,
+        route: str,
+        thumbnails_prefix: str,
+        max_bytes: int = Settings.max_image_bytes,
+    ) -> None:
         self.store = store
         self.inbox = inbox_prefix.rstrip("/")
         self.route = route
         self.thumbnails = thumbnails_prefix.rstrip("/")
+        self.max_bytes = max_bytes
 
     def relative(self, row: Result) -> str:
         """The key below the inbox, as the nightly job's routing keeps it."""
@@ -57,6 +72,10 @@ class Photos:
         put_object(self.store, key, data)
         return data
 
+    def whole(self, row: Result) -> bytes:
+        """The whole photo, scaled to fit a screen (made on request: it is looked at seldom)."""
+        return make_thumbnail(self.original(row), WHOLE)
+
     def current_key(self, row: Result) -> str:
         """Where the photo is now: where the night (or a decision) routed it; the inbox while routing is
         off or has not happened yet; review/ for rows from before the routing state (revision 0003)."""
@@ -67,13 +86,14 @@ class Photos:
         return row.object_key
 
     def original(self, row: Result) -> bytes:
-        """The photo itself, wherever routing has put it by now."""
+        """The photo itself, wherever routing has put it by now; ObjectTooLarge (read_image) before reading
+        a photo bigger than the nightly job's --max-image-bytes."""
         candidates = [self.current_key(row), row.object_key]
         if self.route != "none":
             candidates.append(self.review_key(row))  # a row from before the routing state, decided since
         for key in candidates:
             try:
-                return read_object(self.store, key)
+                return read_image(self.store, key, self.max_bytes)
             except FileNotFoundError:
                 continue
         raise FileNotFoundError(f"no photo for {row.object_key} in the store")
@@ -87,3 +107,14 @@ class Photos:
         or (its nightly routing failed) from the inbox, copied or moved as the night routes."""
         source = self.current_key(before)
         route_object(self.store, source, destination, move=source != before.object_key or self.route == "move")
+
+    def put_back(self, decided: Result) -> str | None:
+        """An undone decision: the photo goes back to review/ from wherever the decision put it; returns
+        where it is now (None: routing is off, nothing moved)."""
+        if self.route == "none":
+            return None
+        source, destination = self.current_key(decided), self.review_key(decided)
+        if source != destination:
+            move = source != decided.object_key or self.route == "move"
+            route_object(self.store, source, destination, move=move)
+        return destination

@@ -1,10 +1,13 @@
-"""Builds the review app from the two settings sources and serves it with uvicorn."""
+"""Builds the review app from the two settings sources and serves it with uvicorn, and /metrics on a port of
+its own (prometheus_client's server, in a thread of the same process)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import start_http_server
+from sqlalchemy import Engine
 from starlette.applications import Starlette
 
 from batch_job.ledger import Ledger
@@ -16,21 +19,21 @@ from batch_job.settings import Settings
 from common.objectstore import open_store
 
 
-def build(settings: Settings, review: ReviewSettings) -> Starlette:
+def build(settings: Settings, review: ReviewSettings, engine: Engine | None = None) -> Starlette:
     if not review.users_file and not review.user_header:
         raise ValueError("no way to log in: set --users-file (REFUND_REVIEW_USERS_FILE) or --user-header")
+    if review.user_header and not review.proxy_secret:
+        raise ValueError("--user-header needs --proxy-secret (REFUND_REVIEW_PROXY_SECRET), sent by the auth proxy")
     reviewers = Reviewers(Path(review.users_file) if review.users_file else None)
-    photos = Photos(open_store(settings.store), settings.inbox_prefix, settings.route, review.thumbnails_prefix)
-    app = ReviewApp(
-        Ledger(settings.database_url).engine,
-        photos,
-        reviewers,
-        review.class_names(),
-        review.page_size,
-        review.user_header,
-    )
+    store = open_store(settings.store)
+    photos = Photos(store, settings.inbox_prefix, settings.route, review.thumbnails_prefix, settings.max_image_bytes)
+    engine = engine or Ledger(settings.database_url).engine
+    app = ReviewApp(engine, photos, reviewers, review, settings.runs_prefix)
     return create_app(app, review.session_key(), bool(review.secure_cookies))
 
 
 def serve(settings: Settings, review: ReviewSettings) -> None:
-    uvicorn.run(build(settings, review), host=review.host, port=review.port, log_config=None, access_log=False)
+    engine = Ledger(settings.database_url).engine
+    app = build(settings, review, engine)
+    start_http_server(review.metrics_port, review.host, registry=app.state.metrics)
+    uvicorn.run(app, host=review.host, port=review.port, log_config=None, access_log=False)

@@ -16,9 +16,13 @@ ENV_PREFIX = "REFUND_REVIEW_"
 HELP = {
     "host": "address to listen on; keep loopback unless a proxy or the cluster network is in front",
     "port": "port to listen on",
+    "metrics_port": "port of /metrics for Prometheus, on its own so a NetworkPolicy can admit scrapers to it alone",
     "users_file": "reviewers: `name:argon2-hash` lines (refund-batch review-passwd NAME), e.g. a mounted Secret",
     "secret_file": "file holding the key that signs session cookies (a Secret); empty: a random key per start",
     "user_header": "trust this header as the reviewer's name (set only behind an auth proxy, e.g. X-Forwarded-User)",
+    "proxy_secret": "with --user-header: the auth proxy must send this in X-Review-Proxy-Secret (e.g. from a Secret)",
+    "login_limit_per_name": "wrong passwords allowed per reviewer name before logins answer 429 (limits' notation)",
+    "login_limit_per_address": "wrong passwords allowed per client address before logins answer 429",
     "classes": "the model's index_to_name.json; empty: the categories the results store has seen",
     "page_size": "items per queue page",
     "secure_cookies": "send the session cookie over HTTPS only (1 behind TLS, as in the chart)",
@@ -30,9 +34,13 @@ HELP = {
 class ReviewSettings:
     host: str = "127.0.0.1"
     port: int = 8090
+    metrics_port: int = 8091
     users_file: str = ""
     secret_file: str = ""
     user_header: str = ""
+    proxy_secret: str = ""
+    login_limit_per_name: str = "5/minute"
+    login_limit_per_address: str = "20/minute"
     classes: str = ""
     page_size: int = 50
     secure_cookies: int = 0
