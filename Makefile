@@ -33,7 +33,7 @@ REGISTRY_CLI := $(TRAIN) registry --registry $(REGISTRY)
 help:  ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
-venv: $(VENV)/.installed sysdeps  ## create .venv with pinned dependencies (and Java 17, PostgreSQL 15 where missing)
+venv: $(VENV)/.installed sysdeps  ## create .venv with pinned dependencies (and Java 17, PostgreSQL 15, Chromium, promtool of package prometheus where missing)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,12 +44,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip download --quiet --dest $(VENV)/wheelhouse -r $(VENV)/base-requirements.txt
 	touch $@
 
-sysdeps:  ## install Java 17 (TorchServe), PostgreSQL 15, Chromium + chromedriver and promtool (tests) with apt, where missing
+sysdeps:  ## with apt, where missing: Java 17 (TorchServe), PostgreSQL 15, Chromium + chromedriver, promtool (package prometheus's, alone: no service)
 	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
 	@test -x /usr/lib/postgresql/15/bin/postgres || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15; }
 	@test -x /usr/bin/chromedriver || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
-	@# promtool (tests of the chart's alert rules); the prometheus service the package installs is never started.
-	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@# promtool (tests of the chart's alert rules) taken alone from Debian's prometheus package: installing the package
+	@# would enable and start prometheus.service (port 9090) on a host with systemd.
+	@command -v promtool >/dev/null || { tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && apt-get update -qq && \
+		(cd "$$tmp" && apt-get download -qq prometheus) && dpkg-deb -x "$$tmp"/prometheus_*.deb "$$tmp/deb" && \
+		install -m 755 "$$tmp/deb/usr/bin/promtool" /usr/local/bin/promtool; }
 
 data: var/data/manifest.csv  ## filter classes, skip bad images, write the stratified split
 
@@ -62,8 +65,10 @@ $(MODEL_DIR)/model.pt: | var/data/manifest.csv
 	$(TRAIN) train --prepared var/data --out $(MODEL_DIR) --epochs $(EPOCHS) --eval-photos $(SAMPLE) \
 		$(if $(MAX_PER_CLASS),--max-per-class $(MAX_PER_CLASS)) $(TRAIN_ARGS)
 
-# Always runs: the .mar is whatever MODEL_DIR was archived last, which file dates cannot tell.
-archive: $(MODEL_DIR)/model.pt  ## package MODEL_DIR (default var/model) as var/model-store/refund-classifier.mar
+# Always runs: the .mar is whatever MODEL_DIR was archived last, which file dates cannot tell. Never trains:
+# a MODEL_DIR without a model (a typo, a training still running) is an error, not a reason for a quick model.
+archive: | $(VENV)/.installed  ## package MODEL_DIR (default var/model) as var/model-store/refund-classifier.mar
+	@test -f $(MODEL_DIR)/model.pt || { echo "no $(MODEL_DIR)/model.pt: train first (make train, or refund-train train --out $(MODEL_DIR))" >&2; exit 1; }
 	$(TRAIN) archive --model $(MODEL_DIR) --out $(dir $(MAR))
 
 # Serves the .mar that is there (never trains or archives); prints the version it serves.

@@ -170,7 +170,6 @@ def served_version(ports: Ports, model: str = MODEL_NAME) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    require_extra("refund-serve", "serve", ("torch", "torchvision", "ts"))
     parser = argparse.ArgumentParser(
         prog="refund-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -191,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument(
             "--run-dir", type=Path, default=Path("var/serve"), help="pid file, temp files and logs (default: var/serve)"
         )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and --version answer on any install
+    require_extra("refund-serve", "serve", ("torch", "torchvision", "ts"))
     if args.command == "stop":
         stop(args.run_dir)
         print("TorchServe stopped")

@@ -17,7 +17,7 @@ import uvicorn
 from batch_job import job
 from batch_job.ledger import NEEDS_REVIEW, Ledger, Outcome
 from batch_job.review.auth import hash_line
-from batch_job.review.serve import build
+from batch_job.review.serve import build, server_options
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from batch_job.store import route_object
@@ -119,8 +119,7 @@ def review_app(settings: Settings, review: ReviewSettings) -> Iterator[RunningAp
     review = ReviewSettings(**{**vars(review), "host": "127.0.0.1", "port": free_port()})
     app = build(settings, review)
     metrics, _ = start_http_server(free_port(), review.host, registry=app.state.metrics)
-    config = uvicorn.Config(app, host=review.host, port=review.port, log_config=None)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, **server_options(review)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -52,8 +52,8 @@ BATCH_FLAGS = {
     "ingest": flags("store", "inbox_prefix", "date"),
     "report": flags("database_url", "labels", "label_column", "classes"),
     "migrate": flags("database_url"),
-    "export-labels": ROUTED | {"--out"},
-    "review": ROUTED | flags(*(field.name for field in fields(ReviewSettings))),
+    "export-labels": ROUTED | flags("max_image_bytes", "out"),
+    "review": ROUTED | flags("runs_prefix", "max_image_bytes", *(field.name for field in fields(ReviewSettings))),
     "review-passwd": set(),
 }
 

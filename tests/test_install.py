@@ -72,10 +72,22 @@ def test_refund_batch_ingests_into_a_folder_store(plain, tmp_path):
     assert [path.name for path in (tmp_path / "store").rglob("*.jpg")] == ["101.jpg"]
 
 
-@pytest.mark.parametrize(("script", "extra"), [("refund-train", "train"), ("refund-serve", "serve")])
-def test_the_commands_of_an_extra_name_it(plain, script, extra):
-    refused = run(plain, script, "--help")
+@pytest.mark.parametrize(
+    ("script", "command", "extra"), [("refund-train", "prepare", "train"), ("refund-serve", "stop", "serve")]
+)
+def test_the_commands_of_an_extra_name_it(plain, script, command, extra):
+    # What the script is and which version it is answer on any install; its commands need the extra.
+    assert run(plain, script, "--version").stdout == f"{script} 0.1.0\n"
+    helped = run(plain, script, "--help")
+    assert helped.returncode == 0 and command in helped.stdout
+    refused = run(plain, script, command, "--help")
     assert refused.returncode == 2
     assert refused.stdout == ""
     assert len(refused.stderr.splitlines()) == 1
     assert refused.stderr.endswith(f"it needs the {extra} extra: pip install 'refund-sorter[{extra}]'\n")
+
+
+def test_the_review_server_imports_on_the_base_install(plain):
+    # `refund-batch review` imports the server only when it serves: --help above never loads uvicorn and the rest.
+    imported = run(plain, "python", "-c", "import batch_job.review.serve")
+    assert imported.returncode == 0, imported.stderr

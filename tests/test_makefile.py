@@ -73,3 +73,30 @@ def test_archive_packages_the_model_asked_for_and_serve_serves_it_without_traini
     assert planned.stdout.splitlines() == [
         f"venv/bin/refund-serve start --model-store {MAR.parent}/ --run-dir var/serve"
     ]
+
+
+def test_archive_of_a_folder_without_a_model_fails_and_trains_nothing(project):
+    archived = make(project, "archive", "MODEL_DIR=var/model-typo")
+    assert archived.returncode != 0
+    assert "no var/model-typo/model.pt: train first" in archived.stderr
+    assert not (project / "var" / "model-typo").exists() and not (project / MAR).exists()
+
+
+def test_benchmarks_leave_the_served_archive_alone(project):
+    assert make(project, "archive", "MODEL_DIR=var/model-full").returncode == 0
+    # The loadtest needs the served .mar and nothing else; the serving benchmark archives into its own store.
+    for target, expected in (("loadtest", "tests.benchmarks.locustfile"), ("bench", "tests.benchmarks.bench_serving")):
+        planned = make(project, "--dry-run", target)
+        assert planned.returncode == 0, planned.stderr
+        assert expected in planned.stdout
+        assert f"--out {MAR.parent}" not in planned.stdout and "refund-train train" not in planned.stdout
+    assert (
+        "refund-train archive --model var/model --out var/bench/model-store"
+        in make(project, "--dry-run", "bench").stdout
+    )
+    assert archived_version(project) == "20260202.000000"
+
+
+def test_loadtest_with_nothing_archived_says_so(project):
+    planned = make(project, "loadtest")
+    assert planned.returncode != 0 and f"no {MAR}: archive a model first" in planned.stderr

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.script import ScriptDirectory
 from batch_job import migrate
-from batch_job.ledger import OK, PENDING, Ledger
-from sqlalchemy import create_engine, text
+from batch_job.ledger import OK, PENDING, REVIEWED, Ledger
+from sqlalchemy import create_engine, inspect, text
 
 from common.objectstore import StoredObject
 
@@ -159,3 +160,27 @@ def test_processes_migrating_a_fresh_store_together_all_succeed(database_url):
     for shard in shards:
         assert shard.wait(timeout=120) == 0, shard.stderr.read()
     assert revision_of(database_url) == head()
+
+
+def test_revision_0005_adds_the_export_stamp_and_keeps_decisions(database_url):
+    """A store at 0004 holding a reviewed decision: upgraded, the decision is there and counts as not exported."""
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        command.upgrade(migrate.alembic_config(connection), "0004")
+        connection.execute(
+            text(
+                "INSERT INTO results (object_key, identity, model_version, size, last_modified, status, category,"
+                " attempts, created_at, final_category, reviewed_by, reviewed_at)"
+                " VALUES ('inbox/a.jpg', 'e1', 'v1', 10, :moment, 'reviewed', 'Discs', 1, :moment, 'Rings', 'alice',"
+                " :moment)"
+            ),
+            {"moment": datetime(2026, 12, 5, 2, 0, tzinfo=UTC)},
+        )
+    engine.dispose()
+
+    ledger = Ledger(database_url)
+
+    assert revision_of(database_url) == head()
+    assert "exported_at" in {column["name"] for column in inspect(ledger.engine).get_columns("results")}
+    [row] = ledger.results()
+    assert (row.status, row.final_category, row.reviewed_by, row.exported_at) == (REVIEWED, "Rings", "alice", None)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from batch_job.ledger import DEAD, PENDING, Ledger, Outcome, Run, aware
+from batch_job.ledger import DEAD, PENDING, STATUSES, Ledger, Outcome, Run, aware
 from batch_job.night import nightly
 from batch_job.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
@@ -159,7 +159,7 @@ def test_the_metrics_port_exposes_the_last_finished_night_as_stored(backend, tor
     # The whole store, every night's rows and those left for the next: pending and dead-lettered totals.
     stored = Counter(row.status for row in ledger.results())
     results = {dict(labels)["status"]: number for labels, number in named(samples, "refund_results").items()}
-    assert results == stored and (results[PENDING], results[DEAD]) == (1, 1)
+    assert results == {status: stored[status] for status in STATUSES} and (results[PENDING], results[DEAD]) == (1, 1)
     # The page's port serves no metrics: scrapers reach the metrics port only, and need nothing else.
     assert page_metrics.status_code == 404
     # The app's own counters share that port (login throttling, 0 until a login is refused).
@@ -171,12 +171,15 @@ def test_the_metrics_port_exposes_the_last_finished_night_as_stored(backend, tor
     assert queried <= exposed, f"the dashboard queries series nobody exposes: {sorted(queried - exposed)}"
 
 
-def test_no_finished_night_exposes_no_night_and_the_totals(backend, tmp_path):
-    """A fresh store: no night series at all (the 'no night for 26 h' alert's absent() case), results empty."""
+def test_no_finished_night_exposes_no_night_and_every_status_at_zero(backend, tmp_path):
+    """A fresh store: no night series at all (the 'no night for 26 h' alert's absent() case), and every status
+    at 0, so the first dead-lettered images raise refund_results{status="dead"} from 0 (the alert's difference)."""
     settings = backend(None)
     Ledger(settings.database_url)
     with review_process(settings, tmp_path) as (_, metrics_url):
         samples = scrape(metrics_url)
-    assert not named(samples, "refund_night_finished_timestamp_seconds")
-    assert not named(samples, "refund_results")
+    night_series = {name for name, _ in samples if name.startswith("refund_night_")}
+    assert not night_series
+    results = {dict(labels)["status"]: number for labels, number in named(samples, "refund_results").items()}
+    assert results == dict.fromkeys(STATUSES, 0)
     assert value(samples, "refund_review_queue_size") == 0

@@ -157,15 +157,21 @@ def test_pages_carry_a_strict_content_security_policy_and_no_inline_code(setting
         login = httpx.get(f"{app.url}/login")
         client, token = logged_in(app.url, "alice")
         queue = client.get("/")  # both cards: every form and button a reviewer sees
-        fragment = client.post(
-            f"/decide/{first}", data={"final": "Discs", "csrf": token}, headers={"x-review-fetch": "1"}
-        )
-        client.post(f"/decide/{second}", data={"final": "Discs", "csrf": token})  # without JavaScript: a note
+        fetch = {"x-review-fetch": "1"}  # the fragments review.js asks for
+        fragment = client.post(f"/decide/{first}", data={"final": "Discs", "csrf": token}, headers=fetch)
+        undone = client.post(f"/undo/{first}", data={"csrf": token}, headers=fetch)
+        typo = client.post(f"/decide/{second}", data={"final": "ringz", "csrf": token}, headers=fetch)
+        for item in (first, second):  # without JavaScript: a note
+            client.post(f"/decide/{item}", data={"final": "Discs", "csrf": token})
         noted = client.get("/")
+        nights = client.get("/nights")
     assert sorted(ITEM.findall(queue.text)) == sorted([str(first), str(second)])
     assert fragment.status_code == 200 and 'data-done="1"' in fragment.text
+    assert undone.status_code == 200 and f'id="item-{first}"' in undone.text
+    assert typo.status_code == 400 and 'class="suggestion"' in typo.text
     assert "b.jpg</code>: Discs" in noted.text and ITEM.findall(noted.text) == []  # the note, and no card left
-    for page in (login, queue, fragment, noted):
+    assert nights.status_code == 200 and "data-run=" in nights.text
+    for page in (login, queue, fragment, undone, typo, noted, nights):
         policy = page.headers["content-security-policy"]
         assert "script-src 'self'" in policy and "style-src 'self'" in policy and "default-src 'none'" in policy
         assert "unsafe-inline" not in policy
@@ -322,6 +328,28 @@ def test_export_labels_writes_the_kaggle_layout_without_unusable_items(settings,
     assert sorted(path.name for path in (out / "images").iterdir()) == [f"r{items[0]}.jpg"]
 
 
+def test_export_labels_leaves_out_a_photo_bigger_than_max_image_bytes_and_says_why(tmp_path, monkeypatch, capsys):
+    settings = Settings(store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}")
+    [small] = seed_night(settings, utc(2026, 12, 1), [Doubtful("small.jpg", guesses(0))])
+    [big] = seed_night(settings, utc(2026, 12, 2), [Doubtful("big.jpg", guesses(1))], photo_size=(600, 800))
+    engine = Ledger(settings.database_url).engine
+    for item in (small, big):
+        decisions.decide(engine, item, "alice", "Boxes")
+    limit = len(read_object(open_store(settings.store), "inbox/2026-12-01/small.jpg"))
+    for name, value in {"STORE": settings.store, "DATABASE_URL": settings.database_url}.items():
+        monkeypatch.setenv(f"REFUND_{name}", value)
+    monkeypatch.setenv("REFUND_MAX_IMAGE_BYTES", str(limit))
+    out = tmp_path / "export"
+    assert main(["export-labels", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert [path.name for path in (out / "images").iterdir()] == [f"r{small}.jpg"]
+    assert (
+        "left out inbox/2026-12-02/big.jpg: object is " in printed.err
+        and f"more than the {limit} allowed" in printed.err
+    )
+    assert "1 reviewed photos written" in printed.out and "(1 missing)" in printed.out
+
+
 def test_review_passwd_prints_a_line_the_app_accepts(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("pw-of-carol\n"))
     assert main(["review-passwd", "carol"]) == 0
@@ -367,12 +395,20 @@ def test_a_reviewer_added_to_the_users_file_can_log_in_without_a_restart(tmp_pat
         assert log_in(client, "alice") == 303
 
 
-def test_refund_batch_review_serves_the_page_on_loopback(tmp_path):
+def test_refund_batch_review_serves_the_page_on_loopback_with_the_nights_settings(tmp_path):
+    settings = Settings(
+        store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}", runs_prefix="nightly/"
+    )
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    [night] = decisions.nights(Ledger(settings.database_url).engine)
+    put_object(open_store(settings.store), f"nightly/{night.run_id}/report.html", b"<p>the night</p>")
     port = free_port()
     env = {
         **os.environ,
-        "REFUND_STORE": str(tmp_path / "store"),
-        "REFUND_DATABASE_URL": f"sqlite:///{tmp_path / 'results.db'}",
+        "REFUND_STORE": settings.store,
+        "REFUND_DATABASE_URL": settings.database_url,
+        "REFUND_RUNS_PREFIX": settings.runs_prefix,  # the night's, so its reports are found
+        "REFUND_MAX_IMAGE_BYTES": "1000",
         "REFUND_REVIEW_USERS_FILE": str(users_file(tmp_path)),
         "REFUND_REVIEW_PORT": str(port),
         "REFUND_REVIEW_METRICS_PORT": str(free_port()),  # not the default 8091, which may be taken
@@ -389,10 +425,15 @@ def test_refund_batch_review_serves_the_page_on_loopback(tmp_path):
                 time.sleep(0.2)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             assert client.get("/").headers["location"] == "/login"
-            assert log_in(client, "alice") == 303 and "Nothing waits for review" in client.get("/").text
+            assert log_in(client, "alice") == 303 and f'data-item="{item}"' in client.get("/").text
+            link = re.search(r'href="(/nights/[^"]+/report)"', client.get("/nights").text).group(1)
+            report = client.get(link)
+            too_big = client.get(f"/photo/{item}")
     finally:
         process.terminate()
         process.wait(timeout=15)
+    assert (report.status_code, report.text) == (200, "<p>the night</p>")
+    assert too_big.status_code == 413 and "more than the 1000 allowed" in too_big.text
 
 
 def test_the_queue_pages_by_key_newest_night_first_and_filters_by_night_and_category(settings, tmp_path):
@@ -511,6 +552,29 @@ def test_wrong_passwords_are_throttled_per_name_and_per_address_with_retry_after
     assert any(record.getMessage() == "login throttled" for record in caplog.records)
 
 
+@pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
+def test_x_forwarded_for_names_the_throttled_address_only_from_a_trusted_proxy(tmp_path, caplog, trusted):
+    settings = Settings(store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}")
+    review = ReviewSettings(
+        users_file=str(users_file(tmp_path)), login_limit_per_address="2/minute", forwarded_allow_ips=trusted
+    )
+    with review_app(settings, review) as app, httpx.Client(base_url=app.url) as client:
+        token = CSRF.search(client.get("/login").text).group(1)
+        answers = [  # a new name and a new forwarded address each time: only the address limit can be spent
+            client.post(
+                "/login",
+                data={"csrf": token, "username": f"guesser{n}", "password": "guess"},
+                headers={"x-forwarded-for": f"203.0.113.{n}"},
+            ).status_code
+            for n in range(3)
+        ]
+    counted = [record.address for record in caplog.records if record.getMessage() == "failed login"]
+    if trusted:  # the proxy's word: each client its own limit
+        assert (answers, counted) == ([401, 401, 401], ["203.0.113.0", "203.0.113.1", "203.0.113.2"])
+    else:  # a forged header changes nothing: the peer's address is counted
+        assert (answers, counted) == ([401, 401, 429], ["127.0.0.1", "127.0.0.1"])
+
+
 def test_logging_out_ends_every_copy_of_the_session_and_a_removed_reviewer_is_out(settings, review):
     first, second = seed_night(
         settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0)), Doubtful("b.jpg", guesses(1))]
@@ -560,11 +624,12 @@ def test_photos_and_decisions_only_for_items_in_review_and_no_photo_bigger_than_
         client, token = logged_in(app.url, "alice")
         assert client.get(f"/photo/{second}").status_code == 404
         assert client.get(f"/photo/{second}/whole").status_code == 404
-        not_in_review = client.post(f"/decide/{second}", data={"final": "Discs", "csrf": token})
-        missing = client.post("/decide/987654", data={"final": "Discs", "csrf": token}, headers={"x-review-fetch": "1"})
+        fetch = {"x-review-fetch": "1"}  # as review.js posts: the answer's status, not a redirect
+        not_in_review = client.post(f"/decide/{second}", data={"final": "Discs", "csrf": token}, headers=fetch)
+        missing = client.post("/decide/987654", data={"final": "Discs", "csrf": token}, headers=fetch)
         strict_client, _ = logged_in(strict.url, "alice")
         too_big = strict_client.get(f"/photo/{first}")
-    assert not_in_review.status_code == 303  # without JavaScript: back to the queue with the note
+    assert not_in_review.status_code == 409 and "b.jpg is not in review" in not_in_review.text
     assert missing.status_code == 404 and "no such item" in missing.text
     assert too_big.status_code == 413 and "more than the 1000 allowed" in too_big.text
     assert keys(settings, "thumbnails/") == []
@@ -579,6 +644,8 @@ def test_numbers_a_request_carries_are_bounded_never_a_500(settings, review):
         client, token = logged_in(app.url, "alice")
         answers = {
             "after": client.get(f"/?after={huge}").status_code,
+            "after, too many digits for int()": client.get(f"/?after={'9' * 5000}").status_code,
+            "after, a digit int() refuses": client.get("/?after=%C2%B2").status_code,  # ²
             "page": client.get(f"/?page={huge}").status_code,  # the old offset parameter is ignored
             "photo": client.get(f"/photo/{huge}").status_code,
             "whole": client.get(f"/photo/{huge}/whole").status_code,
@@ -588,6 +655,8 @@ def test_numbers_a_request_carries_are_bounded_never_a_500(settings, review):
         }
     assert answers == {
         "after": 400,
+        "after, too many digits for int()": 400,
+        "after, a digit int() refuses": 400,
         "page": 200,
         "photo": 404,
         "whole": 404,
@@ -618,6 +687,20 @@ def test_a_missing_users_file_keeps_the_reviewers_read_before_and_says_so(tmp_pa
         assert client.get("/").status_code == 200
     errors = [record for record in caplog.records if "users file unreadable" in record.getMessage()]
     assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+def test_a_broken_users_file_is_logged_once_per_change_and_keeps_the_reviewers_read_before(tmp_path, caplog):
+    settings = Settings(store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}")
+    users = users_file(tmp_path)
+    with review_app(settings, ReviewSettings(users_file=str(users))) as app, httpx.Client(base_url=app.url) as client:
+        users.write_text("bob has no hash\n")  # a Secret updated with a broken line
+        assert [log_in(client, "alice") for _ in range(3)] == [303, 303, 303]
+        broken = [record for record in caplog.records if "users file unreadable" in record.getMessage()]
+        users.write_text("still no hash\n")  # broken anew: said again
+        assert log_in(client, "bob") == 303
+    errors = [record for record in caplog.records if "users file unreadable" in record.getMessage()]
+    assert len(broken) == 1 and "expected name:$argon2id$" in str(broken[0].exc_info[1])
+    assert len(errors) == 2
 
 
 def test_a_typed_class_matches_whatever_its_case_and_a_typo_gets_suggestions(settings, review):
@@ -673,6 +756,65 @@ def test_a_reviewer_undoes_their_own_decision_once_and_the_photo_goes_back(setti
     assert rows[first].route_to == "review/2026-12-01/a.jpg" and rows[second].status == REVIEWED
     assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"]
     assert keys(settings, "sorted/") == ["sorted/Cones/2026-12-01/b.jpg"]
+
+
+def test_an_undo_while_the_decisions_own_move_is_unfinished_is_refused_and_works_once_it_is_done(settings, review):
+    """The app commits a decision, then moves its photo and records that (`routed`): an undo in between is
+    refused, so the row and the photo never part; once the move is recorded the undo puts the photo back."""
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    ledger = Ledger(settings.database_url)
+    photos = Photos(open_store(settings.store), settings.inbox_prefix, settings.route, "thumbnails")
+    before = decisions.item(ledger.engine, item)
+    destination = photos.decision_route(before, "Rings")
+    assert decisions.decide(ledger.engine, item, "alice", "Rings", destination).won  # committed, not moved yet
+    fetch = {"x-review-fetch": "1"}
+    with review_app(settings, review) as app:
+        alice, token = logged_in(app.url, "alice")
+        early = alice.post(f"/undo/{item}", data={"csrf": token}, headers=fetch)
+        row = decisions.item(ledger.engine, item)
+        assert early.status_code == 409
+        assert (row.status, row.final_category, row.route_to) == (REVIEWED, "Rings", "review/2026-12-01/a.jpg")
+        assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"] and keys(settings, "sorted/") == []
+        photos.route_decision(before, destination)  # the decision's move, as the app does it after the commit
+        decisions.routed(ledger.engine, item, destination)
+        undone = alice.post(f"/undo/{item}", data={"csrf": token}, headers=fetch)
+    assert undone.status_code == 200
+    row = decisions.item(ledger.engine, item)
+    assert (row.status, row.reviewed_by, row.route_to) == (NEEDS_REVIEW, None, "review/2026-12-01/a.jpg")
+    assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"] and keys(settings, "sorted/") == []
+
+
+def test_an_exported_decision_cannot_be_undone_one_left_out_of_the_export_can(settings, review, tmp_path, monkeypatch):
+    exported, unusable = seed_night(
+        settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0)), Doubtful("b.jpg", guesses(1))]
+    )
+    for name, value in {"STORE": settings.store, "DATABASE_URL": settings.database_url, "ROUTE": "move"}.items():
+        monkeypatch.setenv(f"REFUND_{name}", value)
+    fetch = {"x-review-fetch": "1"}
+    with review_app(settings, review) as app:
+        alice, token = logged_in(app.url, "alice")
+        alice.post(f"/decide/{exported}", data={"final": "Boxes", "csrf": token})
+        alice.post(f"/decide/{unusable}", data={"unusable": "1", "csrf": token})
+        assert main(["export-labels", "--out", str(tmp_path / "export")]) == 0
+        refused = alice.post(f"/undo/{exported}", data={"csrf": token}, headers=fetch)
+        undone = alice.post(f"/undo/{unusable}", data={"csrf": token}, headers=fetch)  # unusable: never exported
+    assert refused.status_code == 409 and undone.status_code == 200
+    rows = {row.id: row for row in Ledger(settings.database_url).results()}
+    assert (rows[exported].status, rows[exported].final_category) == (REVIEWED, "Boxes")
+    assert rows[exported].exported_at is not None and rows[unusable].exported_at is None
+    assert keys(settings, "sorted/") == ["sorted/Boxes/2026-12-01/a.jpg"]
+    assert keys(settings, "review/") == ["review/2026-12-01/b.jpg"]
+
+
+def test_an_item_whose_photo_the_export_could_not_read_is_not_stamped_exported(settings, review, tmp_path, monkeypatch):
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    ledger = Ledger(settings.database_url)
+    assert decisions.decide(ledger.engine, item, "alice", "Boxes").won  # no move: the photo stays in review/
+    obstore.delete(open_store(settings.store), "review/2026-12-01/a.jpg")
+    for name, value in {"STORE": settings.store, "DATABASE_URL": settings.database_url, "ROUTE": "move"}.items():
+        monkeypatch.setenv(f"REFUND_{name}", value)
+    assert main(["export-labels", "--out", str(tmp_path / "export")]) == 0
+    assert decisions.item(ledger.engine, item).exported_at is None
 
 
 def test_the_nights_page_lists_nights_and_serves_each_report_through_the_app(settings, review):

@@ -92,6 +92,15 @@ def log_in(driver, url: str, name: str) -> None:
     WebDriverWait(driver, 10).until(expected_conditions.presence_of_element_located((By.ID, "queue")))
 
 
+def refused_login(driver, name: str, password: str) -> str:
+    """Submits the login form and returns the error of the page that answers it (never the page before it)."""
+    form = driver.find_element(By.CSS_SELECTOR, "form.login")
+    driver.find_element(By.ID, "username").send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(password, Keys.ENTER)
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(form))
+    return driver.find_element(By.CSS_SELECTOR, ".error").text
+
+
 def wait_decided(driver, item: int) -> str:
     """The text that replaced the item's card once the server answered."""
     WebDriverWait(driver, 10).until(
@@ -115,9 +124,7 @@ def test_login_is_required_and_a_wrong_password_is_refused(settings, review, bro
         driver.get(app.url + "/?night=2026-12-01")
         assert driver.current_url == app.url + "/login"
         assert not driver.find_elements(By.CSS_SELECTOR, ".card")
-        driver.find_element(By.ID, "username").send_keys("alice")
-        driver.find_element(By.ID, "password").send_keys("not her password", Keys.ENTER)
-        assert "Wrong name or password" in driver.find_element(By.CSS_SELECTOR, ".error").text
+        assert "Wrong name or password" in refused_login(driver, "alice", "not her password")
         log_in(driver, app.url, "alice")
         assert "alice" in driver.find_element(By.CSS_SELECTOR, "header .who").text
 
@@ -227,6 +234,23 @@ def test_a_form_posted_without_its_csrf_token_is_refused(settings, review, brows
     assert store_keys(settings, "review/") == ["review/2026-12-01/a.jpg"]
 
 
+def test_a_plain_text_error_gives_the_card_back_with_why(settings, review, browsers):
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    driver = browsers()
+    with review_app(settings, review) as app:
+        log_in(driver, app.url, "alice")
+        # A session whose CSRF token went stale: the server's 403 is plain text, no card fragment.
+        driver.execute_script("document.querySelectorAll('input[name=csrf]').forEach(e => (e.value = 'stale'))")
+        driver.find_element(By.CSS_SELECTOR, f"#item-{item} .guess[data-key='1']").click()
+        card = WebDriverWait(driver, 10).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, f"#item-{item}:not([data-pending]) .refused")
+        )
+        assert "403" in card.text and "CSRF" in card.text
+        assert all(button.is_enabled() for button in driver.find_elements(By.CSS_SELECTOR, f"#item-{item} button"))
+        assert not driver.find_elements(By.CSS_SELECTOR, "#done .placeholder")
+    assert rows(settings)[item].status == NEEDS_REVIEW
+
+
 def test_a_hostile_key_and_class_name_are_shown_as_text_and_run_nothing(settings, tmp_path, browsers):
     hostile_class = "<img src=x onerror=alert('class')>"
     hostile_name = "\"><svg onload=alert('key')>&amp;.jpg"
@@ -254,16 +278,11 @@ def test_wrong_passwords_are_throttled_in_the_browser(settings, tmp_path, browse
     driver = browsers()
     with review_app(settings, review) as app:
         driver.get(app.url + "/login")
-        for _ in range(3):
-            driver.find_element(By.ID, "username").send_keys("alice")
-            driver.find_element(By.ID, "password").send_keys("not her password", Keys.ENTER)
-            WebDriverWait(driver, 10).until(
-                expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".error"))
-            )
-        assert "Too many wrong passwords: try again in" in driver.find_element(By.CSS_SELECTOR, ".error").text
-        driver.find_element(By.ID, "username").send_keys("alice")
-        driver.find_element(By.ID, "password").send_keys(PASSWORDS["alice"], Keys.ENTER)  # too late for now
-        assert "Too many wrong passwords" in driver.find_element(By.CSS_SELECTOR, ".error").text
+        errors = [refused_login(driver, "alice", "not her password") for _ in range(3)]
+        assert ["Wrong name or password" in error for error in errors] == [True, True, False]
+        assert "Too many wrong passwords: try again in" in errors[2]
+        # The right password is refused too while the limit holds.
+        assert "Too many wrong passwords" in refused_login(driver, "alice", PASSWORDS["alice"])
         assert not driver.find_elements(By.ID, "queue")
 
 

@@ -34,6 +34,7 @@ def refund_batch(tmp_path: Path, *arguments: str, **env: str) -> subprocess.Comp
         ("run", "REFUND_REQUEST_TIMEOUT", "1m", "argument --request-timeout: invalid float value: '1m'"),
         ("run", "REFUND_ROUTE", "moov", "argument --route: invalid choice: 'moov' (choose from none, copy, move)"),
         ("review", "REFUND_REVIEW_PORT", "http", "argument --port: invalid int value: 'http'"),
+        ("review", "REFUND_MAX_IMAGE_BYTES", "16M", "argument --max-image-bytes: invalid int value: '16M'"),
     ],
 )
 def test_a_badly_typed_environment_value_is_a_one_line_usage_error(tmp_path, command, variable, value, says):
@@ -56,3 +57,24 @@ def test_a_command_ignores_the_environment_of_settings_it_does_not_take(tmp_path
     migrated = refund_batch(tmp_path, "migrate", REFUND_CONCURRENCY="abc", REFUND_ROUTE="moov")
     assert migrated.returncode == 0, migrated.stderr
     assert "results store at revision" in migrated.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({}, "no way to log in: set --users-file (REFUND_REVIEW_USERS_FILE) or --user-header"),
+        ({"REFUND_REVIEW_USER_HEADER": "X-Forwarded-User"}, "--user-header needs --proxy-secret"),
+        ({"REFUND_REVIEW_USERS_FILE": "{tmp}/absent"}, "No such file or directory"),
+        (
+            {"REFUND_REVIEW_USERS_FILE": "{tmp}/users", "REFUND_REVIEW_LOGIN_LIMIT_PER_NAME": "5/fortnight"},
+            "--login-limit-per-name '5/fortnight': no granularity matched for fortnight (expected e.g. 5/minute)",
+        ),
+    ],
+    ids=["no way to log in", "header without secret", "users file missing", "bad login limit"],
+)
+def test_review_settings_that_cannot_work_are_a_one_line_error(tmp_path, env, says):
+    (tmp_path / "users").write_text("")  # a users file with no reviewer yet: fine
+    failed = refund_batch(tmp_path, "review", **{name: value.format(tmp=tmp_path) for name, value in env.items()})
+    assert failed.returncode == 2, failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("refund-batch review: error: ") and says in failed.stderr

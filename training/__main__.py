@@ -26,7 +26,6 @@ TRAIN_MODULES = ("torch", "torchvision", "model_archiver", "matplotlib")
 
 
 def main(argv: list[str] | None = None) -> int:
-    require_extra("refund-train", "train", TRAIN_MODULES)
     parser = argparse.ArgumentParser(
         prog="refund-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -35,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (_, summary) in COMMANDS.items():
         # The module parses the rest itself (its --help included), so `python -m training.NAME` stays the same.
         add_command(commands, name, summary, add_help=False)
-    args, rest = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)  # --help and --version answer on any install
+    require_extra("refund-train", "train", TRAIN_MODULES)
     module = importlib.import_module(COMMANDS[args.command][0])
     result = module.main(rest, prog=f"refund-train {args.command}")
     return result if isinstance(result, int) else 0  # registry returns an exit code, train and evaluate figures

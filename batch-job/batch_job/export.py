@@ -2,6 +2,7 @@
 
 Only items a reviewer gave a category are exported ("unusable" ones are not); ids are
 `r<result id>`, so they never collide with the catalogue's numeric ids when both train a model.
+An exported decision is stamped (results.exported_at) and cannot be undone since.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from batch_job.review.decisions import reviewed
+from batch_job.ledger import utcnow
+from batch_job.review.decisions import left_out_of_export, take_for_export
 from batch_job.review.photos import Photos
+from batch_job.store import ObjectTooLarge
 
 COLUMNS = ["id", "articleType", "modelCategory", "reviewedBy", "reviewedAt", "objectKey"]
 
@@ -28,14 +31,17 @@ def export_labels(engine: Engine, photos: Photos, out: Path) -> Export:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     report = Export()
+    stamp = utcnow()
+    left_out = []
     with (out / "styles.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        for row in reviewed(engine):
+        for row in take_for_export(engine, stamp):
             try:
                 data = photos.original(row)
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, ObjectTooLarge) as exc:
                 report.missing[row.object_key] = str(exc)
+                left_out.append(row.id)
                 continue
             image_id = f"r{row.id}"
             (images / f"{image_id}.jpg").write_bytes(data)
@@ -50,4 +56,5 @@ def export_labels(engine: Engine, photos: Photos, out: Path) -> Export:
                 ]
             )
             report.written += 1
+    left_out_of_export(engine, left_out, stamp)
     return report

@@ -47,6 +47,7 @@ from common.objectstore import StoredObject
 PENDING, OK, NEEDS_REVIEW, FAILED, DEAD = "pending", "ok", "needs_review", "failed", "dead"
 REVIEWED, UNUSABLE = "reviewed", "unusable"  # a reviewer's decision on a needs_review item (batch_job.review)
 FINAL = (OK, NEEDS_REVIEW, FAILED, DEAD, REVIEWED, UNUSABLE)
+STATUSES = (PENDING, *FINAL)  # every status a results row can hold
 CHUNK = 500  # keys per IN (...) clause: well under every database's parameter limit
 # model_version is NOT NULL and part of the unique key (revision 0001): a row no model has answered
 # yet holds "", so two runs registering one object version at once collide on the key.
@@ -96,6 +97,8 @@ class Result(Base):
     final_category: Mapped[str | None] = mapped_column(String(128))
     reviewed_by: Mapped[str | None] = mapped_column(String(128))
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    # Revision 0005: when export-labels first wrote this decision into a dataset (it cannot be undone since).
+    exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Run(Base):

@@ -9,7 +9,6 @@ from batch_job import html_report, job
 from batch_job.ledger import Result
 from batch_job.review.decisions import review_stats
 from batch_job.review.photos import Photos
-from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from batch_job.summary import publish, summarize
 
@@ -52,7 +51,7 @@ def nightly(settings: Settings) -> Night:
     summary = summarize(stats, rows, previous, settings.drift_threshold)
     summary["scale_down_error"] = scaled.scale_down_error if scaled else None
     summary["max_failure_rate"] = settings.max_failure_rate  # the threshold the night's alert compares with
-    photos = Photos(store, settings.inbox_prefix, settings.route, ReviewSettings.thumbnails_prefix)
+    photos = Photos(store, settings.inbox_prefix, settings.route, max_bytes=settings.max_image_bytes)
     report = html_report.render(summary, rows, photos, review_stats(ledger.engine))
     folder = publish(store, settings, summary, rows, report)
     ledger.finish_run(stats.run_id, stats.newest_partition, summary)

@@ -2,13 +2,15 @@
 installed (tests/k8s/crds, pinned), the server validates the rendered PrometheusRule, ServiceMonitors and
 PodMonitor and refuses broken ones; the review page's Service, metrics NetworkPolicy and Ingress are applied
 and read back. Nothing here needs an image: the chart is rendered with helm template and only these objects
-are sent, in a namespace of their own, deleted at the end. The CRDs stay installed (cluster-wide, shared)."""
+are sent, in a namespace of their own, deleted at the end. Of the CRDs, only those the cluster lacks are
+created, and only those are deleted at the end: a cluster's own (e.g. kube-prometheus-stack's) are never touched."""
 
 from __future__ import annotations
 
 import copy
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,12 +57,23 @@ def namespace() -> str:
 
 
 @pytest.fixture(scope="module")
-def crds() -> None:
-    """The Prometheus Operator's CRDs, applied server-side (their annotations are too large for client-side)."""
-    for path in sorted(CRDS.glob("*.yaml")):
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    names = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in sorted(CRDS.glob("*.yaml"))]
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{name}" for name in names))
+def crds() -> Iterator[None]:
+    """The Prometheus Operator's CRDs the cluster lacks, created (never applied: `create` fails on one that exists
+    and, unlike a client-side apply, stores no last-applied annotation, too large for these), deleted at the end.
+    The cluster's own CRDs are used as they are: replacing them could break the Prometheus that owns them."""
+    files = {yaml.safe_load(path.read_text())["metadata"]["name"]: path for path in sorted(CRDS.glob("*.yaml"))}
+    listed = kubectl("get", "crd", *files, "--ignore-not-found", "-o", "name").split()
+    present = {line.split("/", 1)[1] for line in listed}
+    created: list[str] = []
+    try:
+        for name in sorted(files.keys() - present):
+            kubectl("create", "-f", str(files[name]))
+            created.append(name)
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{name}" for name in files))
+        yield
+    finally:
+        if created:
+            kubectl("delete", "--timeout=120s", *(f"crd/{name}" for name in created))
 
 
 @pytest.fixture(scope="module")

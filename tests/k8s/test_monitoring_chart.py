@@ -5,13 +5,14 @@ under `promtool test rules` on synthetic series."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from tests.k8s.test_k8s_check import check, rendered, tools  # noqa: F401  (fixtures and render helper)
+from tests.k8s.test_k8s_check import check, render, rendered, tools  # noqa: F401  (fixtures and render helper)
 
 REVIEW = "r-refund-sorter-review"
 SERVING = "r-refund-sorter-torchserve"
@@ -105,6 +106,12 @@ def test_the_ingress_routes_a_host_to_the_pages_port(check):  # noqa: F811
     assert f"Ingress/{REVIEW}" not in rendered(check, "review.ingress.enabled=true")  # no page, no Ingress
 
 
+def test_the_ingress_offers_no_path_but_the_root(check):  # noqa: F811
+    """The page's links, form actions and redirects are absolute, so it works at / only: no value moves it."""
+    out = render(check, "review.enabled=true", "review.ingress.enabled=true", "review.ingress.path=/review")
+    assert out.returncode != 0 and "additional properties 'path' not allowed" in out.stderr, out.stderr
+
+
 def test_the_dashboard_configmap_carries_the_sidecars_label_and_the_json(check):  # noqa: F811
     docs = rendered(
         check, "monitoring.dashboard.enabled=true", "monitoring.dashboard.annotations.grafana_folder=Returns"
@@ -117,15 +124,48 @@ def test_the_dashboard_configmap_carries_the_sidecars_label_and_the_json(check):
     assert shipped["panels"] and all(panel["targets"] for panel in shipped["panels"])
 
 
-def test_the_rules_need_the_review_page(check):  # noqa: F811
+RULES_ON = ("review.enabled=true", "monitoring.prometheusRule.enabled=true")
+KSERVE = ("serving.mode=kserve", "serving.kserve.storageUri=s3://models/refund-classifier", "batch.enabled=false")
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        (("monitoring.prometheusRule.enabled=true",), "needs review.enabled"),
+        # No monitor at all: RefundNightMissing's absent() would fire for ever, RefundTorchServeDown every night.
+        (RULES_ON, "needs monitoring.serviceMonitor.enabled"),
+        (("monitoring.podMonitor.enabled=true", *RULES_ON), "needs monitoring.serviceMonitor.enabled"),
+        # kserve mode: no TorchServe Service, so no ServiceMonitor of it; only the PodMonitor gives its job.
+        (
+            (*KSERVE, "monitoring.serviceMonitor.enabled=true", *RULES_ON),
+            "needs monitoring.podMonitor.enabled",
+        ),
+    ],
+)
+def test_the_rules_refuse_to_render_without_the_monitors_their_jobs_come_from(check, values, complaint):  # noqa: F811
     helm, _ = check.layer_binaries()
+    sets = [arg for value in values for arg in ("--set", value)]
     out = subprocess.run(
-        [str(helm), "template", "r", str(check.CHART), "--set", "monitoring.prometheusRule.enabled=true"],
-        capture_output=True,
-        text=True,
-        check=False,
+        [str(helm), "template", "r", str(check.CHART), *sets], capture_output=True, text=True, check=False
     )
-    assert out.returncode != 0 and "needs review.enabled" in out.stderr
+    assert out.returncode != 0 and complaint in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    "monitors",
+    [
+        ("monitoring.serviceMonitor.enabled=true",),
+        ("monitoring.serviceMonitor.enabled=true", "monitoring.podMonitor.enabled=true"),
+        (*KSERVE, "monitoring.serviceMonitor.enabled=true", "monitoring.podMonitor.enabled=true"),
+    ],
+)
+def test_the_rules_render_with_a_monitor_for_each_job_they_read(check, monitors):  # noqa: F811
+    docs = rendered(check, *monitors, *RULES_ON)
+    # Each monitor's job is its name (a ServiceMonitor's Service, the PodMonitor's relabelling).
+    scraped = {doc["metadata"]["name"] for doc in docs.values() if doc["kind"] in {"ServiceMonitor", "PodMonitor"}}
+    groups = docs["PrometheusRule/r-refund-sorter"]["spec"]["groups"]
+    read = {job for group in groups for rule in group["rules"] for job in re.findall(r'job="([^"]+)"', rule["expr"])}
+    assert read == scraped == {REVIEW, SERVING}
 
 
 # promtool's clock starts at 1970-01-01 00:00 UTC; series are one sample a minute.
@@ -213,6 +253,22 @@ def promtool_tests(rule: dict) -> list[dict]:
                 alert("RefundDeadLetteredGrowing", "52h", rule),
             ],
         },
+        {  # the first dead-lettered images: the app exposes 0 (absent before it started), then 3: fires for them
+            "interval": "1h",
+            "input_series": [
+                {"series": f'refund_results{{{REVIEW_SERIES}, status="dead"}}', "values": "_x2 0x23 3x30"}
+            ],
+            "alert_rule_test": [
+                alert("RefundDeadLetteredGrowing", "25h", rule),
+                alert(
+                    "RefundDeadLetteredGrowing",
+                    "27h",
+                    rule,
+                    {"annotations": {"summary": "3 more images dead-lettered in the last 24 hours"}},
+                ),
+                alert("RefundDeadLetteredGrowing", "52h", rule),
+            ],
+        },
         {  # the oldest item is 47 h old and ages a minute a minute: past 48 h at 1 h, firing 15 min later
             "interval": "1m",
             "input_series": [
@@ -258,7 +314,7 @@ def test_every_shipped_alert_fires_and_stays_silent_under_promtool(check, tmp_pa
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("no promtool: make sysdeps installs it (Debian package prometheus)")
-    docs = rendered(check, "review.enabled=true", "monitoring.prometheusRule.enabled=true")
+    docs = rendered(check, "monitoring.serviceMonitor.enabled=true", *RULES_ON)
     groups = docs["PrometheusRule/r-refund-sorter"]["spec"]["groups"]
     rules = {rule["alert"]: rule for group in groups for rule in group["rules"]}
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))

@@ -45,6 +45,8 @@ STATIC = Path(__file__).parent.parent / "static"
 FETCH_HEADER = "x-review-fetch"  # set by review.js: answer with a card fragment, not a redirect
 PROXY_SECRET_HEADER = "x-review-proxy-secret"  # header mode: what the auth proxy proves itself with
 LARGEST_ID = 2**63 - 1  # ids a request carries beyond this are no item (and would overflow the database)
+# ASCII digits, no more than LARGEST_ID has: int() refuses "²" (str.isdigit accepts it) and over 4300 digits.
+ITEM_NUMBER = re.compile(r"[0-9]{1,19}")
 RUN_ID = re.compile(r"[0-9A-Za-z._-]{1,64}")
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -81,7 +83,7 @@ def bounded_id(text: str | None, what: str) -> int | None:
     """A row id from a request: digits only and at most LARGEST_ID; anything else answers 400."""
     if not text:
         return None
-    if not text.isdigit() or len(text) > 19 or int(text) > LARGEST_ID:
+    if not ITEM_NUMBER.fullmatch(text) or int(text) > LARGEST_ID:
         raise HTTPException(400, f"bad {what}: expected an item number")
     return int(text)
 
@@ -299,7 +301,7 @@ class ReviewApp:
 
     def undo_item(self, request: Request, form, name: str, item: int) -> Response:
         try:
-            outcome = decisions.undo(self.engine, item, name, self.photos.put_back)
+            outcome = decisions.undo(self.engine, item, name, self.photos.put_back, self.photos.route != "none")
         except Exception as exc:  # the photo could not go back: the transaction rolled back, the decision stands
             log.exception("could not undo a decision", extra={"reviewer": name, "item": item})
             return self.answer(request, form, 503, {"error": f"not undone, the photo could not be moved back: {exc}"})
@@ -307,7 +309,8 @@ class ReviewApp:
         if row is None:
             return self.answer(request, form, 404, {"error": "no such item"})
         if not outcome.won:
-            note = {"error": f"{row.object_key}: too late to undo (10 minutes, or a night has run since), or not yours"}
+            why = "10 minutes, a night has run or an export taken it since, or its photo is still moving"
+            note = {"error": f"{row.object_key}: too late to undo ({why}), or not yours"}
             return self.answer(request, form, 409, note)
         log.info("undone", extra={"reviewer": name, "key": row.object_key})
         if request.headers.get(FETCH_HEADER):  # the card again, to decide anew

@@ -34,7 +34,7 @@ def read_users(path: Path) -> dict[str, str]:
 class Reviewers:
     """The users file, read again when it changes: an updated Kubernetes Secret (or an added line)
     takes effect without a restart, and a reviewer removed from it is logged out. A broken update (or a
-    missing, unreadable file) keeps the reviewers read before, and is logged once."""
+    missing, unreadable file) keeps the reviewers read before, and is logged once (each change of it)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -49,16 +49,21 @@ class Reviewers:
             return
         try:
             stamp = self.path.stat().st_mtime_ns
-            if stamp == self.stamp:
-                return
-            self.stamp = stamp
+        except OSError:
+            if self.stamp is not None:  # once per breakage, not once per request
+                self.keep_reviewers()
+            self.stamp = None  # looked for again on every request: back with any stamp, it is read
+            return
+        if stamp == self.stamp:
+            return
+        self.stamp = stamp  # kept even if it cannot be read: read (and logged) again only once it changes
+        try:
             self.hashes = read_users(self.path)
         except (OSError, ValueError):
-            if self.stamp is not None:  # once per breakage, not once per request
-                log.exception(
-                    "users file unreadable; keeping the reviewers read before", extra={"path": str(self.path)}
-                )
-            self.stamp = None
+            self.keep_reviewers()
+
+    def keep_reviewers(self) -> None:
+        log.exception("users file unreadable; keeping the reviewers read before", extra={"path": str(self.path)})
 
     def has(self, name: str) -> bool:
         self.refresh()

@@ -22,10 +22,10 @@ COMMANDS = ("review", "review-passwd", "export-labels")
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Adds the subcommands, each with the nightly job's settings it reads (where the photos and results are)."""
     export = add_command(commands, "export-labels", "write reviewed items as styles.csv + images/ for training")
-    Settings.add_arguments(export, ROUTED)
+    Settings.add_arguments(export, (*ROUTED, "max_image_bytes"))
     export.add_argument("--out", type=Path, required=True, help="folder to write")
     review = add_command(commands, "review", "serve the review page for the doubtful items")
-    Settings.add_arguments(review, ROUTED)
+    Settings.add_arguments(review, (*ROUTED, "runs_prefix", "max_image_bytes"))  # the nights' reports, the photos
     ReviewSettings.add_arguments(review)
     passwd = add_command(commands, "review-passwd", "print a users-file line for a reviewer (password on stdin)")
     passwd.add_argument("name", help="the reviewer's login name")
@@ -53,13 +53,18 @@ def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
     if command == "review-passwd":
         return print_hash_line(args.name)
     if command == "review":
-        from batch_job.review.serve import serve  # uvicorn only where the page is served
+        from batch_job.review.serve import build, serve  # uvicorn only where the page is served
 
-        serve(settings, ReviewSettings.from_args(args))
+        review = ReviewSettings.from_args(args)
+        try:
+            app = build(settings, review)
+        except (ValueError, OSError) as exc:  # settings that cannot work: one line, as argparse says a bad flag
+            print(f"refund-batch review: error: {exc}", file=sys.stderr)
+            return 2
+        serve(app, review)
         return 0
-    thumbnails = ReviewSettings.thumbnails_prefix  # unused by the export, which reads the photos themselves
     photos = Photos(
-        open_store(settings.store), settings.inbox_prefix, settings.route, thumbnails, settings.max_image_bytes
+        open_store(settings.store), settings.inbox_prefix, settings.route, max_bytes=settings.max_image_bytes
     )
     report = export_labels(Ledger(settings.database_url).engine, photos, args.out)
     for key, reason in report.missing.items():

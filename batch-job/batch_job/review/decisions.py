@@ -65,16 +65,20 @@ def after(row: Result):
     )
 
 
+def count_waiting(session: Session, wanted: QueueFilter) -> int:
+    return session.scalar(select(func.count()).select_from(Result).where(*wanted.conditions())) or 0
+
+
 def waiting(engine: Engine, wanted: QueueFilter) -> int:
     with Session(engine) as session:
-        return session.scalar(select(func.count()).select_from(Result).where(*wanted.conditions())) or 0
+        return count_waiting(session, wanted)
 
 
 def queue_page(engine: Engine, wanted: QueueFilter) -> QueuePage:
     """One page of undecided items, newest night first, and the nights and categories to filter by."""
     with Session(engine) as session:
+        total = count_waiting(session, wanted)
         conditions = wanted.conditions()
-        total = session.scalar(select(func.count()).select_from(Result).where(*conditions)) or 0
         start = session.get(Result, wanted.after) if wanted.after is not None else None
         if start is not None:
             conditions.append(after(start))
@@ -139,35 +143,44 @@ def decide(
     return Outcome(bool(won), item(engine, row_id))
 
 
-def undo(engine: Engine, row_id: int, reviewer: str, put_back: Callable[[Result], str | None]) -> Outcome:
+def undo(
+    engine: Engine, row_id: int, reviewer: str, put_back: Callable[[Result], str | None], routing: bool
+) -> Outcome:
     """Take back `reviewer`'s own decision: the item waits for review again, as before it.
 
-    Only within UNDO_WINDOW and before any night started after the decision (it may have exported or
-    routed it). One conditional UPDATE, like a decision, so a second undo or another reviewer's undo
-    loses; `put_back` moves the photo back to review/ (returning where it is now, None: routing is off)
-    inside the same transaction, so a failed move leaves the decision standing.
+    Only within UNDO_WINDOW, before any night started after the decision (it may have routed it) and
+    before an export took it (the dataset carries its label). One conditional UPDATE, like a decision, so
+    a second undo or another reviewer's undo loses; `put_back` moves the photo back to review/ (returning
+    where it is now, None: routing is off) inside the same transaction, so a failed move leaves the
+    decision standing. `routing`: the decision moved its photo, after its commit (`routed`).
     """
     now = utcnow()
     later_night = exists().where(Run.started_at > Result.reviewed_at)
+    conditions = [
+        Result.id == row_id,
+        Result.status.in_((REVIEWED, UNUSABLE)),
+        Result.reviewed_by == reviewer,
+        Result.reviewed_at > now - UNDO_WINDOW,
+        Result.exported_at.is_(None),
+        ~later_night,
+    ]
+    if routing:
+        # Until the decision's own move is recorded, where its photo is cannot be known: refuse, like a race.
+        conditions.append(Result.routed_at >= Result.reviewed_at)
     with Session(engine) as session, session.begin():
-        before = session.get(Result, row_id)
-        won = session.execute(
+        # RETURNING: the row as this UPDATE found it under its lock, not as read before it.
+        undone = session.scalars(
             update(Result)
-            .where(
-                Result.id == row_id,
-                Result.status.in_((REVIEWED, UNUSABLE)),
-                Result.reviewed_by == reviewer,
-                Result.reviewed_at > now - UNDO_WINDOW,
-                ~later_night,
-            )
+            .where(*conditions)
             .values(status=NEEDS_REVIEW, final_category=None, reviewed_by=None, reviewed_at=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if won:
-            place = put_back(before)
+            .returning(Result),
+            execution_options={"synchronize_session": False},
+        ).one_or_none()
+        if undone is not None:
+            place = put_back(undone)
             if place is not None:
                 session.execute(update(Result).where(Result.id == row_id).values(route_to=place, routed_at=now))
-    return Outcome(bool(won), item(engine, row_id))
+    return Outcome(undone is not None, item(engine, row_id))
 
 
 def routed(engine: Engine, row_id: int, destination: str) -> None:
@@ -234,8 +247,34 @@ def run(engine: Engine, run_id: str) -> Run | None:
         return session.get(Run, run_id)
 
 
-def reviewed(engine: Engine) -> list[Result]:
-    """Items a reviewer gave a category, oldest decision first (the export's stable order)."""
-    with Session(engine) as session:
-        query = select(Result).where(Result.status == REVIEWED).order_by(Result.reviewed_at, Result.id)
+def take_for_export(engine: Engine, stamp: datetime) -> list[Result]:
+    """Items a reviewer gave a category, oldest decision first (the export's stable order), each stamped
+    exported (at `stamp`, unless an earlier export did): their decisions cannot be undone from now on.
+
+    The stamp comes first and only stamped rows are read, so an undo either came before it (the item is
+    not exported) or waits for it and is refused; a decision made meanwhile waits for the next export.
+    """
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        session.execute(
+            update(Result)
+            .where(Result.status == REVIEWED, Result.exported_at.is_(None))
+            .values(exported_at=stamp)
+            .execution_options(synchronize_session=False)
+        )
+        query = (
+            select(Result)
+            .where(Result.status == REVIEWED, Result.exported_at.is_not(None))
+            .order_by(Result.reviewed_at, Result.id)
+        )
         return list(session.scalars(query))
+
+
+def left_out_of_export(engine: Engine, row_ids: list[int], stamp: datetime) -> None:
+    """Items the export stamped at `stamp` but could not write (no photo): their decisions were not exported."""
+    with Session(engine) as session, session.begin():
+        session.execute(
+            update(Result)
+            .where(Result.id.in_(row_ids), Result.exported_at == stamp)
+            .values(exported_at=None)
+            .execution_options(synchronize_session=False)
+        )

@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.orm import Session
 
-from batch_job.ledger import Result, Run, aware
+from batch_job.ledger import STATUSES, Result, Run, aware
 from batch_job.review.decisions import review_stats
 
 DRIFT_SCORES = {"training": "psi_vs_training", "recent_runs": "psi_vs_recent_runs"}  # label -> summary key
@@ -67,9 +67,11 @@ def last_nights(engine: Engine) -> list[Run]:
 
 
 def results_by_status(engine: Engine) -> dict[str, int]:
+    """Every status, 0 when no row holds it: a series that first appears at N would hide those N from the
+    dead-letter alert, which compares the total with its minimum over the last day."""
     with Session(engine) as session:
         rows = session.execute(select(Result.status, func.count()).group_by(Result.status))
-        return {status: count for status, count in rows}
+        return {**dict.fromkeys(STATUSES, 0), **{status: count for status, count in rows}}
 
 
 class NightCollector(Collector):

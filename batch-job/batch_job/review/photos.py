@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 from obstore.store import ObjectStore
 
 from batch_job.ledger import NEEDS_REVIEW, Result
+from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from batch_job.store import read_image, route_object
 from batch_job.thumbnails import make_thumbnail
@@ -40,7 +41,7 @@ class Photos:
         store: ObjectStore,
         inbox_prefix: str,
         route: str,
-        thumbnails_prefix: str,
+        thumbnails_prefix: str = ReviewSettings.thumbnails_prefix,  # only the review page makes thumbnails
         max_bytes: int = Settings.max_image_bytes,
     ) -> None:
         self.store = store

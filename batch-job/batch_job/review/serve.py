@@ -7,7 +7,6 @@ from pathlib import Path
 
 import uvicorn
 from prometheus_client import start_http_server
-from sqlalchemy import Engine
 from starlette.applications import Starlette
 
 from batch_job.ledger import Ledger
@@ -19,7 +18,7 @@ from batch_job.settings import Settings
 from common.objectstore import open_store
 
 
-def build(settings: Settings, review: ReviewSettings, engine: Engine | None = None) -> Starlette:
+def build(settings: Settings, review: ReviewSettings) -> Starlette:
     if not review.users_file and not review.user_header:
         raise ValueError("no way to log in: set --users-file (REFUND_REVIEW_USERS_FILE) or --user-header")
     if review.user_header and not review.proxy_secret:
@@ -27,13 +26,23 @@ def build(settings: Settings, review: ReviewSettings, engine: Engine | None = No
     reviewers = Reviewers(Path(review.users_file) if review.users_file else None)
     store = open_store(settings.store)
     photos = Photos(store, settings.inbox_prefix, settings.route, review.thumbnails_prefix, settings.max_image_bytes)
-    engine = engine or Ledger(settings.database_url).engine
+    engine = Ledger(settings.database_url).engine
     app = ReviewApp(engine, photos, reviewers, review, settings.runs_prefix)
     return create_app(app, review.session_key(), bool(review.secure_cookies))
 
 
-def serve(settings: Settings, review: ReviewSettings) -> None:
-    engine = Ledger(settings.database_url).engine
-    app = build(settings, review, engine)
+def server_options(review: ReviewSettings) -> dict:
+    """uvicorn's settings for the page (the tests serve it with these too). X-Forwarded-For is believed only
+    from --forwarded-allow-ips: the client address it gives is what login throttling counts."""
+    return {
+        "host": review.host,
+        "port": review.port,
+        "forwarded_allow_ips": review.forwarded_allow_ips,
+        "log_config": None,
+        "access_log": False,
+    }
+
+
+def serve(app: Starlette, review: ReviewSettings) -> None:
     start_http_server(review.metrics_port, review.host, registry=app.state.metrics)
-    uvicorn.run(app, host=review.host, port=review.port, log_config=None, access_log=False)
+    uvicorn.run(app, **server_options(review))

@@ -23,6 +23,10 @@ HELP = {
     "proxy_secret": "with --user-header: the auth proxy must send this in X-Review-Proxy-Secret (e.g. from a Secret)",
     "login_limit_per_name": "wrong passwords allowed per reviewer name before logins answer 429 (limits' notation)",
     "login_limit_per_address": "wrong passwords allowed per client address before logins answer 429",
+    "forwarded_allow_ips": (
+        "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For gives the client address; "
+        "empty: trust none, the address is the connection's peer"
+    ),
     "classes": "the model's index_to_name.json; empty: the categories the results store has seen",
     "page_size": "items per queue page",
     "secure_cookies": "send the session cookie over HTTPS only (1 behind TLS, as in the chart)",
@@ -41,6 +45,7 @@ class ReviewSettings:
     proxy_secret: str = ""
     login_limit_per_name: str = "5/minute"
     login_limit_per_address: str = "20/minute"
+    forwarded_allow_ips: str = ""
     classes: str = ""
     page_size: int = 50
     secure_cookies: int = 0

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 
-from limits import parse
+from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import CollectorRegistry, Counter
@@ -16,10 +16,20 @@ from prometheus_client import CollectorRegistry, Counter
 log = logging.getLogger("refund-review")
 
 
+def parsed(limit: str, flag: str) -> RateLimitItem:
+    try:
+        return parse(limit)
+    except ValueError as exc:
+        raise ValueError(f"{flag} {limit!r}: {exc} (expected e.g. 5/minute)") from None
+
+
 class LoginThrottle:
     def __init__(self, per_name: str, per_address: str, registry: CollectorRegistry) -> None:
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
-        self.limits = {"address": parse(per_address), "name": parse(per_name)}
+        self.limits = {
+            "address": parsed(per_address, "--login-limit-per-address"),
+            "name": parsed(per_name, "--login-limit-per-name"),
+        }
         self.throttled = Counter(
             "refund_review_logins_throttled",
             "Logins refused with 429 after too many wrong passwords, by what was spent (address or name)",

@@ -43,13 +43,29 @@ function fragmentOf(text) {
   return new DOMParser().parseFromString(text, "text/html").body.firstElementChild;
 }
 
+function refusal(why) {
+  const note = document.createElement("div");
+  note.className = "refused";
+  note.setAttribute("role", "alert");
+  note.dataset.refused = "1";
+  note.textContent = why;
+  return note;
+}
+
+// The answer's fragment; a refusal saying why where there is none (a plain-text 403 or 500, no network).
 async function post(form, body) {
-  const response = await fetch(form.action, { method: "POST", body, headers: { "X-Review-Fetch": "1" } });
-  if (response.redirected) {
-    window.location.assign(response.url); // the session ended: to the login page
-    return null;
+  try {
+    const response = await fetch(form.action, { method: "POST", body, headers: { "X-Review-Fetch": "1" } });
+    if (response.redirected) {
+      window.location.assign(response.url); // the session ended: to the login page
+      return null;
+    }
+    const text = await response.text();
+    const fragment = fragmentOf(text) || refusal(`The server answered ${response.status}: ${text.trim()}`);
+    return { response, fragment };
+  } catch (error) {
+    return { response: null, fragment: refusal(`Not sent (${error.message}): try again.`) };
   }
-  return { response, fragment: fragmentOf(await response.text()) };
 }
 
 async function decide(form, submitter) {
@@ -66,14 +82,14 @@ async function decide(form, submitter) {
     select(openCards().find((c) => card.compareDocumentPosition(c) & Node.DOCUMENT_POSITION_FOLLOWING) || openCards()[0] || null);
   }
   const answer = await post(form, body);
-  if (!answer || !answer.fragment) {
+  if (!answer) {
     place.remove();
     return;
   }
   const { fragment } = answer;
   if (fragment.dataset.refused) {
     place.remove();
-    // Not stored (a typo, say): the card stays, with why and what was meant.
+    // Not stored (a typo, an error, no network): the card stays, with why (and what was meant).
     delete card.dataset.pending;
     card.querySelectorAll("button").forEach((b) => (b.disabled = false));
     card.querySelectorAll(".refused").forEach((old) => old.remove());
@@ -92,10 +108,10 @@ async function undo(form) {
   const body = new FormData(form);
   note.querySelectorAll("button").forEach((b) => (b.disabled = true));
   const answer = await post(form, body);
-  if (!answer || !answer.fragment) {
+  if (!answer) {
     return;
   }
-  if (answer.response.ok) {
+  if (answer.response?.ok) {
     note.remove();
     document.getElementById("queue").prepend(answer.fragment); // the card again, to decide anew
     select(answer.fragment);
