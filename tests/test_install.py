@@ -80,7 +80,7 @@ def test_the_commands_of_an_extra_name_it(plain, script, command, extra):
     assert run(plain, script, "--version").stdout == f"{script} 0.1.0\n"
     helped = run(plain, script, "--help")
     assert helped.returncode == 0 and command in helped.stdout
-    refused = run(plain, script, command, "--help")
+    refused = run(plain, script, command)
     assert refused.returncode == 2
     assert refused.stdout == ""
     assert len(refused.stderr.splitlines()) == 1
