@@ -843,6 +843,7 @@ def test_the_nights_page_lists_nights_and_serves_each_report_through_the_app(set
     assert re.findall(r'<td class="n">([^<]*)</td>', row) == ["10", "7", "2", "1", "10.0%"]
     assert "mix &lt;b&gt;moved&lt;/b&gt;" in row and f'href="/nights/{night.run_id}/report"' in row
     assert re.search(r"<td>alice</td><td class=\"n\">1</td>", page.text)
+    assert "<title>Nights · returns review</title>" in page.text and page.text.count('id="today"') == 1
     assert report.text.endswith("<p>the night</p>") and "sandbox" in report.headers["content-security-policy"]
     assert "script-src" not in report.headers["content-security-policy"]
 
