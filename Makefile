@@ -135,8 +135,10 @@ unit: venv  ## pytest without the cluster tests
 
 k8s-check: venv
 
-bench-nightly:  ## scale benchmark: 100,000 old + 5,000 new photos, folder and S3 (several minutes)
-	$(PY) -m tests.benchmarks.bench_nightly
+NIGHTLY_SIZES ?= 10000 100000 1000000
+NIGHTLY_ARGS ?=
+bench-nightly:  ## listing, registration and peak RSS of a night: 5,000 new among NIGHTLY_SIZES old photos, folder and S3
+	$(PY) -m tests.benchmarks.bench_nightly --sizes $(NIGHTLY_SIZES) $(NIGHTLY_ARGS)
 
 docs: venv  ## build the documentation site into var/site; --strict fails on broken links and missing pages
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

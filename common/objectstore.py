@@ -9,9 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import obstore
 from obstore.store import LocalStore, ObjectStore, from_url
+
+if TYPE_CHECKING:
+    from obstore import ObjectMeta  # a TypedDict of the type stubs only
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,16 @@ def visible(key: str) -> bool:
     return not PurePosixPath(key).name.startswith(".")  # .DS_Store, upload temp files
 
 
+def stored_object(meta: ObjectMeta) -> StoredObject:
+    return StoredObject(meta["path"], meta["size"], meta["last_modified"], meta.get("e_tag"))
+
+
 def list_objects(store: ObjectStore, prefix: str) -> Iterator[StoredObject]:
     """Every visible object under prefix (obstore's local listing is unsorted)."""
     for page in obstore.list(store, prefix=prefix, chunk_size=1000):
         for meta in page:
             if visible(meta["path"]):
-                yield StoredObject(meta["path"], meta["size"], meta["last_modified"], meta.get("e_tag"))
+                yield stored_object(meta)
 
 
 def read_object(store: ObjectStore, key: str) -> bytes:

@@ -127,6 +127,7 @@ class RefundClassifier(BaseHandler):
         self.classes = load_classes(model_dir / "index_to_name.json")
         self.temperature = float(meta.get("temperature", 1.0))
         self.review_threshold = meta.get("review_threshold")
+        self.sorting = meta.get("sorting")
         self.class_prior = meta.get("class_prior", {})
         self.preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
 
@@ -207,6 +208,7 @@ class RefundClassifier(BaseHandler):
             "model": self.model_info,
             "classes": self.classes,
             "review_threshold": self.review_threshold,
+            "sorting": self.sorting,
             "class_prior": self.class_prior,
         }
 

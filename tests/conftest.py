@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from batch_job import migrate
 from batch_job.settings import Settings
+from sqlalchemy import create_engine
 
 from common.classes import load_classes
 from handlers import serve
@@ -88,12 +90,16 @@ def backend(request, tmp_path):
     """Settings for one test's own store and ledger, given TorchServe's ports (None: nothing listens).
 
     Every batch-job test runs twice: on the embedded defaults (SQLite, a folder) and on the
-    production parts (PostgreSQL 15, an S3 server), each fresh for the test.
+    production parts (PostgreSQL 15, an S3 server), each fresh for the test. The PostgreSQL database is migrated
+    first, as the chart's hook does before any night: the apps only check a server database's schema.
     """
     if request.param == "sqlite+folder":
         store, database_url = str(tmp_path / "store"), f"sqlite:///{tmp_path / 'results.db'}"
     else:
         store, database_url = request.getfixturevalue("s3_env").url(), request.getfixturevalue("postgres_url")
+        engine = create_engine(database_url)
+        migrate.upgrade(engine)
+        engine.dispose()
 
     def settings_for(ports: serve.Ports | None, **overrides) -> Settings:
         values = {
@@ -104,6 +110,14 @@ def backend(request, tmp_path):
         return Settings(**{**values, **overrides})
 
     return settings_for
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """A fresh results store: an SQLite file, then a database on the real PostgreSQL 15."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.db'}"
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 import obstore
 import uvicorn
 from batch_job import job
-from batch_job.ledger import NEEDS_REVIEW, Ledger, Outcome
+from batch_job.ledger import NEEDS_REVIEW, Ledger, Outcome, mark_routed
 from batch_job.review.auth import hash_line
 from batch_job.review.serve import build, server_options
 from batch_job.review.settings import ReviewSettings
@@ -35,6 +35,7 @@ PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
 class Doubtful:
     name: str  # file name inside the inbox's date partition
     top3: list[tuple[str, float]]
+    offered: dict | None = None  # the upper-level group the night offers first (job.offered)
 
 
 def guesses(index: int) -> list[tuple[str, float]]:
@@ -72,9 +73,11 @@ def seed_night(
     by_name = {item.name: item for item in items}
     results = []
     for row in rows:
-        top3 = by_name[row.object_key.rsplit("/", 1)[1]].top3
+        item = by_name[row.object_key.rsplit("/", 1)[1]]
+        top3 = item.top3
         outcome = Outcome(
             NEEDS_REVIEW,
+            offered=item.offered,
             category=top3[0][0],
             probability=top3[0][1],
             top3=[{"category": name, "probability": p} for name, p in top3],
@@ -86,7 +89,7 @@ def seed_night(
     for row, outcome in results:
         if outcome.route_to and row.object_key.rsplit("/", 1)[1] not in routing_failed:
             route_object(store, row.object_key, outcome.route_to, move=settings.route == "move")
-            ledger.mark_routed(row.id)
+            mark_routed(ledger.engine, row.id, row.object_key, outcome.route_to)
     ledger.finish_run(run_id, night.date(), {})
     ledger.engine.dispose()
     id_of = {row.object_key.rsplit("/", 1)[1]: row.id for row, _ in results}

@@ -22,6 +22,8 @@ from tests.servers import S3Server
 # Called after a request was answered by the server and before the client gets the answer:
 # (method, key, request headers).
 AfterRequest = Callable[[str, str, dict[str, str]], None]
+# What the client gets instead of the server's answer body: (method, request path and query, body) -> body.
+RewriteAnswer = Callable[[str, str, bytes], bytes]
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 
 
@@ -35,7 +37,9 @@ class S3Proxy:
 
 
 @contextlib.contextmanager
-def s3_proxy(server: S3Server, after: AfterRequest | None = None) -> Iterator[S3Proxy]:
+def s3_proxy(
+    server: S3Server, after: AfterRequest | None = None, rewrite: RewriteAnswer | None = None
+) -> Iterator[S3Proxy]:
     upstream = urlsplit(server.endpoint)
     lock = threading.Lock()
     proxy = S3Proxy("")
@@ -58,6 +62,8 @@ def s3_proxy(server: S3Server, after: AfterRequest | None = None) -> Iterator[S3
                 connection.close()
             if after is not None:
                 after(self.command, key, headers)
+            if rewrite is not None:
+                payload = rewrite(self.command, self.path, payload)
             self.send_response(answer.status)
             for name, value in answer.getheaders():
                 if name.lower() not in HOP_BY_HOP:

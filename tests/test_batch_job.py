@@ -27,6 +27,7 @@ from batch_job.night import nightly
 from batch_job.settings import Settings
 
 from common.objectstore import StoredObject, open_store
+from common.sorting import rule_of
 from handlers import serve
 from tests.images import SHAPES, encode, product_image
 from tests.ports import free_ports
@@ -122,13 +123,24 @@ def test_a_replaced_photo_is_classified_again(backend, torchserve):
 
 
 def test_review_threshold_comes_from_the_model(backend, torchserve, trained_model):
+    """The model's sorting rule (model.json's `sorting`, as the handler describes it) decides: an article type
+    where its class's threshold is met, else a level above it, else review (tests/test_level_routing.py)."""
     settings = backend(torchserve)
     put_photos(settings, 6, corrupt=False)
-    stats = run_once(settings)
-    shipped = json.loads((trained_model / "model.json").read_text())["review_threshold"]
-    assert stats.review_threshold == shipped
+    night = nightly(settings)
+    shipped = json.loads((trained_model / "model.json").read_text())
+    rule = rule_of(shipped)
+    assert night.stats.model.rule == rule and night.stats.review_threshold is None  # "auto"
+    assert night.summary["review_threshold"] == shipped["review_threshold"] == rule.threshold
     for row in Ledger(settings.database_url).results():
-        assert row.status == (OK if row.probability >= shipped else NEEDS_REVIEW)
+        article_type_certain = row.probability >= rule.class_threshold(row.category)
+        if row.status == OK and row.sort_level == "article":
+            assert article_type_certain and row.sorted_as == row.category
+        elif row.status == OK:
+            groups = {rule.group(category, row.sort_level) for category in rule.tree}
+            assert not article_type_certain and tuple(row.sorted_as.split("/")) in groups
+        else:
+            assert row.status == NEEDS_REVIEW and not article_type_certain and row.sort_level is None
 
 
 def test_report_manifest_and_routing_are_published_in_the_store(backend, torchserve):
@@ -148,17 +160,6 @@ def test_report_manifest_and_routing_are_published_in_the_store(backend, torchse
     assert "999.jpg" in html.split("Failures")[1]
     reviewed = [meta["path"] for page in obstore.list(store, prefix="review/") for meta in page]
     assert sorted(reviewed) == sorted(key.replace("inbox/", "review/") for key in keys[:-1])
-
-
-def test_listing_skips_partitions_older_than_the_watermark(backend, torchserve):
-    settings = backend(torchserve)
-    put_photos(settings, 2, day="2026-11-01", corrupt=False)
-    put_photos(settings, 2, day="2026-11-20", corrupt=False)
-    assert run_once(settings).listed == 4
-    put_photos(settings, 3, day="2026-11-21", corrupt=False)
-    obstore.put(open_store(settings.store), "inbox/2026-11-01/late.jpg", encode(product_image("Discs", 1)))
-    stats = run_once(settings)  # 2026-11-01 is long before the watermark (2026-11-20 minus one day)
-    assert (stats.listed, stats.registered) == (5, 3)
 
 
 def test_torchserve_down_at_start_claims_nothing(backend):

@@ -50,10 +50,11 @@ ROUTED = flags("store", "inbox_prefix", "database_url", "route")
 BATCH_FLAGS = {
     "run": flags(*(field.name for field in fields(Settings))) | {"--lock-file"},
     "ingest": flags("store", "inbox_prefix", "date"),
-    "report": flags("database_url", "labels", "label_column", "classes"),
+    "report": flags("database_url", "migrate", "labels", "label_column", "classes"),
     "migrate": flags("database_url"),
-    "export-labels": ROUTED | flags("max_image_bytes", "out"),
-    "review": ROUTED | flags("runs_prefix", "max_image_bytes", *(field.name for field in fields(ReviewSettings))),
+    "export-labels": ROUTED | flags("migrate", "max_image_bytes", "out"),
+    "review": ROUTED
+    | flags("migrate", "runs_prefix", "max_image_bytes", *(field.name for field in fields(ReviewSettings))),
     "review-passwd": set(),
 }
 
@@ -74,6 +75,7 @@ def test_refund_train_help_lists_its_commands_and_the_registry_its_own(capsys):
         "prepare",
         "train",
         "evaluate",
+        "calibrate",
         "returns",
         "archive",
         "registry",

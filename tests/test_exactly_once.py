@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,11 +22,11 @@ from batch_job.__main__ import main
 from batch_job.client import TorchServeClient
 from batch_job.ledger import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING, Ledger, Outcome
 from batch_job.settings import Settings
-from batch_job.store import list_inbox
 from obstore.store import S3Store
 from sqlalchemy import text
 
-from common.objectstore import StoredObject, open_store
+from common.objectstore import StoredObject, list_objects, open_store
+from common.sorting import SortingRule
 from tests.images import encode, product_image
 from tests.s3_proxy import s3_proxy
 from tests.test_batch_job import DAY, cli, put_photos, run_once, wait_until
@@ -72,20 +74,19 @@ def test_a_folder_named_like_an_impossible_date_neither_crashes_the_night_nor_is
     assert (again.listed, again.registered, again.malformed_partitions) == (4, 0, ["2026-02-30"])
 
 
-def test_a_late_photo_in_an_old_partition_is_classified_by_the_next_full_listing(backend, torchserve):
+def test_a_late_photo_in_an_old_partition_is_classified_the_next_night(backend, torchserve):
+    """Every partition is listed every night: a photo put into a folder of weeks ago after a night ran
+    is found by the next night, beside the new day's photos."""
     settings = backend(torchserve)
     put_photos(settings, 2, day="2026-11-01", corrupt=False)
     put_photos(settings, 2, day="2026-11-20", corrupt=False)
-    assert run_once(settings).full_listing  # the first night lists everything
+    assert run_once(settings).registered == 4
     late = "inbox/2026-11-01/late.jpg"
     obstore.put(open_store(settings.store), late, encode(product_image("Discs", 1)))
-    incremental = run_once(settings)  # within --full-listing-days of the last full listing
-    assert (incremental.full_listing, incremental.listed, incremental.registered) == (False, 2, 0)
-    assert late not in statuses(settings)
-
-    full = run_once(Settings(**{**vars(settings), "full_listing_days": 0}))  # the full listing is due
-    assert (full.full_listing, full.registered) == (True, 1)
-    assert statuses(settings)[late] in (OK, NEEDS_REVIEW)
+    (today,) = put_photos(settings, 1, day="2026-11-21", corrupt=False)
+    night = run_once(settings)
+    assert (night.listed, night.registered) == (6, 2)
+    assert statuses(settings)[late] in (OK, NEEDS_REVIEW) and statuses(settings)[today] in (OK, NEEDS_REVIEW)
 
 
 # -- model changes ----------------------------------------------------------------------------
@@ -120,13 +121,13 @@ def test_pending_rows_of_an_earlier_model_are_classified_by_the_model_served_now
 
 
 def _listed(settings: Settings) -> list[StoredObject]:
-    return list(list_inbox(open_store(settings.store), settings.inbox_prefix, None))
+    return list(list_objects(open_store(settings.store), settings.inbox_prefix))
 
 
 # -- a TorchServe that misbehaves -------------------------------------------------------------
 
 
-Respond = Callable[[int], tuple[int, bytes]]  # the n-th classification request -> (status, body)
+Respond = Callable[[int, bytes], tuple[int, bytes]]  # the n-th classification request, its image -> (status, body)
 
 
 @contextmanager
@@ -138,7 +139,7 @@ def fake_torchserve(respond: Respond) -> Iterator[str]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            image = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.headers.get("describe") == "True":
                 status, body = (
                     200,
@@ -150,11 +151,14 @@ def fake_torchserve(respond: Respond) -> Iterator[str]:
                 with lock:
                     counter["n"] += 1
                     n = counter["n"]
-                status, body = respond(n)
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                status, body = respond(n, image)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped waiting (its read timeout) before this late answer
 
         def log_message(self, *args) -> None:
             pass
@@ -175,6 +179,7 @@ def prediction(version: str, category: str = "Discs", probability: float = 0.9) 
             "category": category,
             "probability": probability,
             "top_k": [{"category": category, "probability": probability}],
+            "probabilities": {category: probability},
             "model": {"name": "refund-classifier", "version": version},
         }
     ).encode()
@@ -191,7 +196,7 @@ def test_malformed_200_answers_fail_their_images_and_lose_nothing(tmp_path):
     """Bad JSON and a missing field: those images stay pending (one attempt each); the rest are recorded."""
     malformed = {3: b"{not json", 6: json.dumps({"category": "Discs"}).encode()}
 
-    def respond(n: int) -> tuple[int, bytes]:
+    def respond(n: int, image: bytes) -> tuple[int, bytes]:
         return 200, malformed.get(n, prediction("v1"))
 
     with fake_torchserve(respond) as url:
@@ -207,7 +212,7 @@ def test_malformed_200_answers_fail_their_images_and_lose_nothing(tmp_path):
 
 def test_answers_record_the_model_version_that_gave_them(tmp_path):
     """A rolling update mid-night: the first answers come from v1, the later ones from v2."""
-    with fake_torchserve(lambda n: (200, prediction("v1" if n <= 3 else "v2"))) as url:
+    with fake_torchserve(lambda n, image: (200, prediction("v1" if n <= 3 else "v2"))) as url:
         settings = local_settings(tmp_path, url)
         put_photos(settings, 6, corrupt=False)
         stats = run_once(settings)
@@ -220,7 +225,7 @@ def test_whose_fault_a_failure_is_follows_from_the_answer(tmp_path):
     """413 with an empty body and 400 fail the image with a reason; 503 counts as an attempt until the
     image is dead-lettered; nothing answering counts nothing."""
     answers = {1: (413, b""), 2: (400, json.dumps({"error": "not an image", "code": 400}).encode())}
-    with fake_torchserve(lambda n: answers.get(n, (503, b'{"message": "worker died"}'))) as url:
+    with fake_torchserve(lambda n, image: answers.get(n, (503, b'{"message": "worker died"}'))) as url:
         settings = local_settings(tmp_path, url, max_attempts=2)
         keys = put_photos(settings, 3, corrupt=False)
         run_once(settings)
@@ -251,6 +256,39 @@ def test_whose_fault_a_failure_is_follows_from_the_answer(tmp_path):
         )
         == 2
     )
+
+
+def test_a_photo_that_hangs_or_crashes_the_handler_is_dead_after_max_attempts_nights_the_others_are_done(tmp_path):
+    """One photo the handler never answers in time (the client's read timeout), one it answers 500 for: each is
+    sent once a night (no retry inside the request), charged one attempt per night and dead after
+    `max_attempts` nights; the other photos are classified the first night."""
+    hangs, crashes = b"\xff\xd8 hangs the handler", b"\xff\xd8 crashes the handler"
+    sent: Counter[bytes] = Counter()
+
+    def respond(n: int, image: bytes) -> tuple[int, bytes]:
+        sent[image] += 1
+        if image == hangs:
+            time.sleep(5)  # long after the client stopped waiting
+        if image == crashes:
+            return 500, b'{"message": "Worker died."}'
+        return 200, prediction("v1")
+
+    with fake_torchserve(respond) as url:
+        settings = local_settings(tmp_path, url, retries=4, request_timeout=3, max_attempts=3, concurrency=2)
+        keys = put_photos(settings, 4, corrupt=False)
+        store = open_store(settings.store)
+        obstore.put(store, f"inbox/{DAY}/hangs.jpg", hangs)
+        obstore.put(store, f"inbox/{DAY}/crashes.jpg", crashes)
+        first = run_once(settings)
+        assert first.statuses[PENDING] == 2 and first.statuses[OK] == 4
+        for _ in range(2):
+            run_once(settings)
+    rows = {row.object_key: row for row in Ledger(settings.database_url).results()}
+    assert all(rows[key].status == OK and rows[key].attempts == 1 for key in keys)
+    hung, crashed = rows[f"inbox/{DAY}/hangs.jpg"], rows[f"inbox/{DAY}/crashes.jpg"]
+    assert (hung.status, hung.attempts, crashed.status, crashed.attempts) == (DEAD, 3, DEAD, 3)
+    assert "no answer within 3 s" in hung.error and "answered 500" in crashed.error
+    assert (sent[hangs], sent[crashes]) == (3, 3)  # once a night each
 
 
 def test_a_413_from_the_real_torchserve_frontend_has_a_reason(tmp_path, torchserve):
@@ -293,14 +331,16 @@ def test_an_object_bigger_when_read_than_when_listed_fails_with_its_size(s3_env,
     key = f"inbox/{DAY}/grew.jpg"
     obstore.put(store, key, encode(product_image("Discs", 1)))
     ledger = Ledger(f"sqlite:///{tmp_path / 'results.db'}")
-    ledger.register(obj for obj in list_inbox(store, "inbox/", None))
+    ledger.register(list_objects(store, "inbox/"))
     obstore.put(store, key, b"\xff\xd8" + b"\0" * 2_000_000)
     (row,) = ledger.claim([i for i, _ in ledger.claimable()], "night", timedelta(minutes=5))
     assert row.size < 1_000_000  # what the listing said
     client = TorchServeClient("http://127.0.0.1:9", "refund-classifier", 1, 1.0, 0)  # nothing listens: never asked
     settings = local_settings(tmp_path, "http://127.0.0.1:9", max_image_bytes=1_000_000)
     with s3_proxy(s3_env) as proxy:
-        outcome = job.process(replace(s3_env, endpoint=proxy.endpoint).store(), client, settings, 0.5, row)
+        outcome = job.process(
+            replace(s3_env, endpoint=proxy.endpoint).store(), client, settings, SortingRule.single(0.5), row
+        )
     client.close()
     assert (outcome.status, outcome.error) == (
         FAILED,
@@ -338,6 +378,33 @@ def test_a_routing_failure_neither_stops_the_night_nor_loses_an_original_and_is_
     assert all((store / key.replace("inbox/", "review/")).is_file() for key in keys)
     rows = Ledger(settings.database_url).results()
     assert all(row.routed_at is not None and row.attempts == 1 for row in rows)  # routed, not classified again
+
+
+def test_a_class_that_cannot_name_a_folder_sends_its_photo_to_review_never_to_a_nested_or_outer_folder(tmp_path):
+    """The model answers a class with a slash, or "..", for two photos: the night neither nests them under sorted/
+    nor lets them escape it, and goes on; they wait in review/ with the reason, for a reviewer to sort (the
+    review page refuses such a class as a decision by the same rule)."""
+    odd = {b"\xff\xd8 a shirt": "Tops/Shirts", b"\xff\xd8 a dot": ".."}
+
+    def respond(n: int, image: bytes) -> tuple[int, bytes]:
+        return 200, prediction("v1", odd.get(image, "Discs"))
+
+    with fake_torchserve(respond) as url:
+        settings = local_settings(tmp_path, url, route="move")
+        keys = put_photos(settings, 2, corrupt=False)
+        store = open_store(settings.store)
+        for name, image in zip(("shirt.jpg", "dot.jpg"), odd, strict=True):
+            obstore.put(store, f"inbox/{DAY}/{name}", image)
+        stats = run_once(settings)
+    assert stats.statuses == {OK: 2, NEEDS_REVIEW: 2} and stats.routing_failures == {}
+    rows = {row.object_key: row for row in Ledger(settings.database_url).results()}
+    for name, category in (("shirt.jpg", "Tops/Shirts"), ("dot.jpg", "..")):
+        row = rows[f"inbox/{DAY}/{name}"]
+        assert (row.status, row.category, row.route_to) == (NEEDS_REVIEW, category, f"review/{DAY}/{name}")
+        assert f"{category!r} cannot name a folder" in row.error
+    placed = sorted(obj["path"] for page in obstore.list(store) for obj in page if not obj["path"].startswith("runs/"))
+    sorted_keys = [key.replace("inbox/", "sorted/Discs/") for key in keys]
+    assert placed == sorted([f"review/{DAY}/dot.jpg", f"review/{DAY}/shirt.jpg", *sorted_keys])
 
 
 def test_move_keeps_the_original_when_the_copy_lands_short_and_moves_it_the_next_night(
@@ -382,14 +449,14 @@ def test_a_night_routes_only_what_it_committed_not_an_answer_whose_lease_another
     has committed and routed the photo: A commits nothing and copies nothing; the photo is in B's folder only."""
     asked, release = threading.Event(), threading.Event()
 
-    def late_boxes(n: int) -> tuple[int, bytes]:
+    def late_boxes(n: int, image: bytes) -> tuple[int, bytes]:
         asked.set()
         release.wait(60)
         return 200, prediction("v1", "Boxes")
 
     with (
         fake_torchserve(late_boxes) as slow_url,
-        fake_torchserve(lambda n: (200, prediction("v1", "Discs"))) as fast_url,
+        fake_torchserve(lambda n, image: (200, prediction("v1", "Discs"))) as fast_url,
         ThreadPoolExecutor(1) as pool,
     ):
         slow_settings = local_settings(tmp_path, slow_url, route="copy", lease_seconds=1, request_timeout=120)
@@ -437,7 +504,7 @@ def test_a_store_that_fails_reading_leaves_the_image_pending_without_an_attempt(
     ledger.register([StoredObject(f"inbox/{DAY}/1.jpg", 10, datetime(2026, 11, 23, tzinfo=UTC), "e")])
     (row,) = ledger.claim([i for i, _ in ledger.claimable()], "night", timedelta(minutes=5))
     client = TorchServeClient("http://127.0.0.1:9", "refund-classifier", 1, 1.0, 0)
-    outcome = job.process(store, client, local_settings(tmp_path, "http://127.0.0.1:9"), 0.5, row)
+    outcome = job.process(store, client, local_settings(tmp_path, "http://127.0.0.1:9"), SortingRule.single(0.5), row)
     client.close()
     assert outcome.status == PENDING and outcome.error.startswith("could not read from store")
     ledger.record([(row, outcome)], "night", max_attempts=1)

@@ -31,7 +31,7 @@ from batch_job import html_report, job, migrate
 from batch_job.__main__ import main
 from batch_job.client import ServedModel
 from batch_job.job import RunStats
-from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Ledger
+from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Ledger, Result, mark_routed
 from batch_job.logs import JsonFormatter
 from batch_job.review import decisions
 from batch_job.review.auth import Reviewers, hash_line
@@ -40,10 +40,12 @@ from batch_job.review.photos import Photos
 from batch_job.review.serve import build
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
+from batch_job.store import route_object
 from batch_job.summary import summarize
 from sqlalchemy import create_engine, inspect, text
 
 from common.objectstore import list_objects, open_store, put_object, read_object
+from common.sorting import SortingRule
 from tests.ports import free_port
 from tests.review_support import (
     CLASSES,
@@ -69,6 +71,7 @@ def settings(request, tmp_path) -> Settings:
             store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}", route="move"
         )
     store, database_url = request.getfixturevalue("s3_env").url(), request.getfixturevalue("postgres_url")
+    Ledger(database_url)  # migrated, as the chart's hook does: the page only checks a server database's schema
     return Settings(store=store, database_url=database_url, route="move")
 
 
@@ -177,6 +180,33 @@ def test_pages_carry_a_strict_content_security_policy_and_no_inline_code(setting
         assert "unsafe-inline" not in policy
         assert InlineCode(page.text).blocked == [], page.url
     assert InlineCode(queue.text).scripts == ["/static/review.js"]
+
+
+GUESS = re.compile(r'name="final" value="([^"]+)" class="guess" data-key="(\d)"')
+
+
+def test_a_card_offers_the_likeliest_subcategory_first_with_its_classes_before_the_others(settings, review):
+    """Where the night recorded the upper-level group the model is surest of (`offered`), the card names it and the
+    guesses under it come first (key 1), each part most probable first; a card without one is as before."""
+    top3 = [("Boxes", 0.40), ("Discs", 0.31), ("Rings", 0.29)]
+    offered = {"level": "sub", "path": ["Shapes", "Round"], "probability": 0.6, "categories": ["Discs", "Rings"]}
+    grouped, plain = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", top3, offered), Doubtful("b.jpg", top3)])
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        queue = client.get("/")
+        fetch = {"x-review-fetch": "1"}  # the card review.js swaps back in after an undo
+        client.post(f"/decide/{grouped}", data={"final": "Discs", "csrf": token}, headers=fetch)
+        undone = client.post(f"/undo/{grouped}", data={"csrf": token}, headers=fetch)
+
+    def card(page: str, item: int) -> str:
+        return page.split(f'id="item-{item}"')[1].split("</article>")[0]
+
+    for shown in (card(queue.text, grouped), card(undone.text, grouped)):
+        assert GUESS.findall(shown) == [("Discs", "1"), ("Rings", "2"), ("Boxes", "3")]
+        assert 'most likely <span class="group">Shapes › Round</span>, <span class="p">60%</span>' in shown
+    assert GUESS.findall(card(queue.text, plain)) == [("Boxes", "1"), ("Discs", "2"), ("Rings", "3")]
+    assert "most likely" not in card(queue.text, plain)
+    assert InlineCode(queue.text).blocked == [] and InlineCode(undone.text).blocked == []
 
 
 def test_a_decision_is_stored_with_the_model_answer_kept_and_the_photo_moved(settings, review):
@@ -374,7 +404,13 @@ def test_the_nightly_report_shows_the_review_desk_and_escapes_what_it_shows(tmp_
     decisions.decide(ledger.engine, items[1], "alice", CLASSES[1])  # disagrees with the model's top-1
     rows = ledger.results()
     photos = Photos(open_store(settings.store), settings.inbox_prefix, settings.route, "thumbnails/")
-    stats = RunStats(rows[0].run_id, "0/1", ServedModel("refund-classifier", "v1", CLASSES, 0.5, {}), 0.5, seconds=1.0)
+    stats = RunStats(
+        rows[0].run_id,
+        "0/1",
+        ServedModel("refund-classifier", "v1", CLASSES, SortingRule.single(0.5), {}),
+        0.5,
+        seconds=1.0,
+    )
     html = html_report.render(summarize(stats, rows, [], 0.25), rows, photos, review_stats(ledger.engine))
     assert hostile not in html and "&lt;b onclick=x()&gt;Bags&lt;/b&gt;" in html
     assert "a&amp;&lt;i&gt;.jpg" in html and html.count("data:image/jpeg;base64,") == 1  # from review/
@@ -485,18 +521,77 @@ def test_a_failed_move_of_a_decided_photo_is_finished_by_the_nights_routing_retr
     [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))], routing_failed=("a.jpg",))
     blocker = tmp_path / "store/sorted/Cones/2026-12-01/a.jpg"
     blocker.mkdir(parents=True)  # a folder where the photo should go: the store refuses the copy
+    ledger, row = decide_while_the_move_fails(settings, review, item)
+    assert (row.status, row.route_to) == (REVIEWED, "sorted/Cones/2026-12-01/a.jpg")
+    blocker.rmdir()
+    nights_routing_retry(settings, ledger)
+    assert keys(settings, "sorted/") == ["sorted/Cones/2026-12-01/a.jpg"] and keys(settings, "inbox/") == []
+    assert ledger.unrouted() == [] and keys(settings, "review/") == []
+
+
+def decide_while_the_move_fails(settings: Settings, review: ReviewSettings, item: int) -> tuple[Ledger, Result]:
+    """Decides `item` as Cones through the page while the store refuses the move; the ledger and the due row."""
     with review_app(settings, review) as app:
         client, token = logged_in(app.url, "alice")
         answer = client.post(f"/decide/{item}", data={"final": "Cones", "csrf": token}, headers={"x-review-fetch": "1"})
     assert answer.status_code == 200 and "decided, but the photo could not be moved" in answer.text
     ledger = Ledger(settings.database_url)
     [row] = ledger.unrouted()
-    assert (row.status, row.route_to) == (REVIEWED, "sorted/Cones/2026-12-01/a.jpg")
-    blocker.rmdir()
-    model = ServedModel("refund-classifier", "v1", CLASSES, 0.5, {})
+    return ledger, row
+
+
+def nights_routing_retry(settings: Settings, ledger: Ledger) -> None:
+    """What a night does after its results: route every result whose move is still due."""
+    model = ServedModel("refund-classifier", "v1", CLASSES, SortingRule.single(0.5), {})
     job.route(open_store(settings.store), settings, ledger, RunStats("r", "0/1", model, 0.5), ledger.unrouted())
-    assert keys(settings, "sorted/") == ["sorted/Cones/2026-12-01/a.jpg"] and keys(settings, "inbox/") == []
-    assert ledger.unrouted() == [] and keys(settings, "review/") == []
+
+
+@pytest.fixture
+def folder_settings(database_url, tmp_path) -> Settings:
+    """A folder store, where a real failure of one move is easy to set up, on both databases."""
+    return Settings(store=str(tmp_path / "store"), database_url=database_url, route="move")
+
+
+def test_a_failed_move_of_a_decided_photo_out_of_review_leaves_the_decision_and_the_next_night_moves_it(
+    folder_settings, review
+):
+    """The night moved the photo into review/; the decision's move to sorted/ fails (a folder sits where it
+    should go): the decision stands, the move is recorded as due, and the next night's routing makes it."""
+    settings = folder_settings
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
+    blocker = Path(settings.store) / "sorted/Cones/2026-12-01/a.jpg"
+    blocker.mkdir(parents=True)
+    ledger, row = decide_while_the_move_fails(settings, review, item)
+    assert (row.status, row.final_category, row.route_to) == (REVIEWED, "Cones", "sorted/Cones/2026-12-01/a.jpg")
+    assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"]
+    blocker.rmdir()
+    nights_routing_retry(settings, ledger)
+    assert keys(settings, "sorted/") == ["sorted/Cones/2026-12-01/a.jpg"] and keys(settings, "review/") == []
+    assert ledger.unrouted() == [] and keys(settings, "inbox/") == []
+
+
+def test_a_decision_made_while_the_night_moves_the_photo_into_review_leaves_the_row_where_the_photo_is(
+    settings, review
+):
+    """The night moves the photo into review/, then a reviewer decides, then the night records its move (the
+    racy order, step by step): the row must not say sorted/ while the photo sits in review/, and the next
+    night's routing takes the photo to the decided folder."""
+    [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))], routing_failed=("a.jpg",))
+    ledger = Ledger(settings.database_url)
+    [due] = ledger.unrouted()
+    route_object(open_store(settings.store), due.object_key, due.route_to, move=True)  # the night's move
+    with review_app(settings, review) as app:
+        client, token = logged_in(app.url, "alice")
+        answer = client.post(f"/decide/{item}", data={"final": "Cones", "csrf": token}, headers={"x-review-fetch": "1"})
+    assert answer.status_code == 200 and "decided, but the photo could not be moved" in answer.text
+    assert not mark_routed(ledger.engine, due.id, due.object_key, due.route_to)  # the night records its move
+    photos = Photos(open_store(settings.store), settings.inbox_prefix, settings.route, "thumbnails")
+    assert photos.current_key(decisions.item(ledger.engine, item)) == "review/2026-12-01/a.jpg"
+    nights_routing_retry(settings, ledger)
+    row = decisions.item(ledger.engine, item)
+    assert (row.status, row.route_to, row.routed_at is not None) == (REVIEWED, "sorted/Cones/2026-12-01/a.jpg", True)
+    assert keys(settings, "sorted/") == ["sorted/Cones/2026-12-01/a.jpg"] and keys(settings, "review/") == []
+    assert keys(settings, "inbox/") == [] and ledger.unrouted() == []
 
 
 # -- under real use (issue 20) ---------------------------------------------------------------
@@ -759,24 +854,26 @@ def test_a_reviewer_undoes_their_own_decision_once_and_the_photo_goes_back(setti
 
 
 def test_an_undo_while_the_decisions_own_move_is_unfinished_is_refused_and_works_once_it_is_done(settings, review):
-    """The app commits a decision, then moves its photo and records that (`routed`): an undo in between is
-    refused, so the row and the photo never part; once the move is recorded the undo puts the photo back."""
+    """The app commits a decision, then moves its photo and records that (`mark_routed`): an undo in between
+    is refused, so the row and the photo never part; once the move is recorded the undo puts the photo back."""
     [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
     ledger = Ledger(settings.database_url)
     photos = Photos(open_store(settings.store), settings.inbox_prefix, settings.route, "thumbnails")
     before = decisions.item(ledger.engine, item)
     destination = photos.decision_route(before, "Rings")
-    assert decisions.decide(ledger.engine, item, "alice", "Rings", destination).won  # committed, not moved yet
+    decided = decisions.decide(ledger.engine, item, "alice", "Rings", destination, photos.current_key(before))
+    assert decided.won  # committed, not moved yet
     fetch = {"x-review-fetch": "1"}
     with review_app(settings, review) as app:
         alice, token = logged_in(app.url, "alice")
         early = alice.post(f"/undo/{item}", data={"csrf": token}, headers=fetch)
         row = decisions.item(ledger.engine, item)
         assert early.status_code == 409
-        assert (row.status, row.final_category, row.route_to) == (REVIEWED, "Rings", "review/2026-12-01/a.jpg")
+        assert (row.status, row.final_category, row.route_to) == (REVIEWED, "Rings", destination)  # a move due
+        assert (row.routed_at, photos.current_key(row)) == (None, "review/2026-12-01/a.jpg")
         assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"] and keys(settings, "sorted/") == []
-        photos.route_decision(before, destination)  # the decision's move, as the app does it after the commit
-        decisions.routed(ledger.engine, item, destination)
+        source = photos.route_decision(decided.row, destination)  # the decision's move, as the app makes it
+        assert mark_routed(ledger.engine, item, source, destination)
         undone = alice.post(f"/undo/{item}", data={"csrf": token}, headers=fetch)
     assert undone.status_code == 200
     row = decisions.item(ledger.engine, item)

@@ -21,7 +21,7 @@ from tests.review_support import Doubtful, seed_night, utc
 from training import archive, prepare, registry, train
 from training.returns import score_returns
 
-RETURNS_PER_CLASS = 10  # of Discs and Wedges; never of Boxes, the class the broken model below always answers
+RETURNS_PER_CLASS = 20  # of Discs and Wedges; never of Boxes, the class the broken model below always answers
 
 
 def reviewed_returns(tmp_path: Path, monkeypatch) -> Path:
@@ -56,7 +56,8 @@ def test_reviewed_returns_flow_into_training_the_model_card_and_the_gate(kaggle_
         kaggle_dataset, extended, "articleType", min_images=10, val=0.2, test=0.2, seed=0, extras=[exported]
     )
     [extra] = summary["extras"]
-    assert extra["images"] == 2 * RETURNS_PER_CLASS and extra["splits"]["test"] == 4
+    in_test = extra["splits"]["test"]  # the hash split's share of them: 20 % on average
+    assert extra["images"] == 2 * RETURNS_PER_CLASS and in_test >= 4
     manifest = (extended / "manifest.csv").read_text()
     # Adding extras moves no catalogue image between splits.
     assert set((plain / "manifest.csv").read_text().splitlines()) <= set(manifest.splitlines())
@@ -72,9 +73,9 @@ def test_reviewed_returns_flow_into_training_the_model_card_and_the_gate(kaggle_
     metrics = json.loads((production / "metrics.json").read_text())
     assert metrics["accuracy"] >= LEARNED  # the shapes were learned from catalogue and reviewed returns alike
     recorded = metrics["reviewed_returns"]
-    assert recorded["images"] == 4 and recorded["accuracy"] >= 0.75
+    assert recorded["images"] == in_test and recorded["accuracy"] >= 0.75
     card = (production / "model_card.md").read_text()
-    assert "on 4 reviewed returns" in card and f"accuracy **{recorded['accuracy']:.3f}**" in card
+    assert f"on {in_test} reviewed returns" in card and f"accuracy **{recorded['accuracy']:.3f}**" in card
 
     # A candidate that answers Boxes whatever it sees: no reviewed return is a box.
     time.sleep(1.1)  # versions are UTC timestamps to the second
@@ -96,8 +97,8 @@ def test_reviewed_returns_flow_into_training_the_model_card_and_the_gate(kaggle_
     )
     models = registry.Registry(open_store(str(tmp_path / "registry")))
     first = registry.promote(models, models.publish(production, mar), extended)
-    assert first.promoted and first.candidate_scores["returns_images"] == 4
+    assert first.promoted and first.candidate_scores["returns_images"] == in_test
     refused = registry.promote(models, models.publish(candidate, mar), extended, min_gain=-1.0)
     assert not refused.promoted
-    assert "worse on 4 reviewed returns" in refused.reason and "accuracy 0.0000" in refused.reason
+    assert f"worse on {in_test} reviewed returns" in refused.reason and "accuracy 0.0000" in refused.reason
     assert models.state()["version"] == first.candidate

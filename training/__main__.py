@@ -17,6 +17,7 @@ COMMANDS = {
     "prepare": ("training.prepare", "filter classes, drop missing or corrupt images, write the split"),
     "train": ("training.train", "train the ResNet on the prepared split; writes the model folder"),
     "evaluate": ("training.evaluate", "score a model on a split or on labelled photos"),
+    "calibrate": ("training.calibrate", "refit the temperature and the sorting thresholds of a trained model"),
     "returns": ("training.returns", "score a model on the reviewed returns and record it in the model card"),
     "archive": ("training.archive", "package a model folder as refund-classifier.mar"),
     "registry": ("training.registry", "publish, promote, roll back, fetch and list models in the registry"),

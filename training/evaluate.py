@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.classes import load_classes
+from common.sorting import rule_of
 from common.styles import read_styles
 from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, InvalidImageError, PresetConfig, decode_image
@@ -24,6 +25,7 @@ from training.catalog import ImageSource, PreparedSource
 from training.dataset import EncodedImages, load_split
 from training.metrics import classification_report
 from training.model_card import rewrite_model_card
+from training.thresholds import sorting_reports
 
 
 @torch.inference_mode()
@@ -80,10 +82,21 @@ def evaluate(model_dir: Path, items: list[tuple[bytes, int]], batch_size: int = 
     return classification_report(targets.numpy(), logits.argmax(1).numpy(), classes)
 
 
+def shipped_sorting(model_dir: Path, logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """How the model's shipped temperature and sorting rule sort these items (training.thresholds)."""
+    model_info = json.loads((model_dir / "model.json").read_text())
+    probabilities = (logits / model_info["temperature"]).softmax(1).numpy()
+    classes = load_classes(model_dir / "index_to_name.json")
+    return sorting_reports(probabilities, targets.numpy(), classes, rule_of(model_info))
+
+
 def record_photos(model_dir: Path, photos: Path, label_column: str) -> dict:
-    """Scores the model on labelled photos and adds the figures to its metrics.json and model card."""
+    """Scores the model on labelled photos (accuracy, and how its shipped rule sorts them) and adds the
+    figures to its metrics.json and model card."""
     items, left_out = photo_items(model_dir, photos, label_column)
-    report = evaluate(model_dir, items)
+    logits, targets = predict(model_dir, items)
+    classes = load_classes(model_dir / "index_to_name.json")
+    report = classification_report(targets.numpy(), logits.argmax(1).numpy(), classes)
     metrics = json.loads((model_dir / "metrics.json").read_text())
     metrics["photos"] = {
         "source": str(photos),
@@ -91,6 +104,7 @@ def record_photos(model_dir: Path, photos: Path, label_column: str) -> dict:
         "left_out": left_out,
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],
+        "sorting": shipped_sorting(model_dir, logits, targets),
     }
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     rewrite_model_card(model_dir)

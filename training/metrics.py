@@ -41,15 +41,23 @@ def classification_report(targets: np.ndarray, predictions: np.ndarray, classes:
     }
 
 
+REVIEW_EVERYTHING = float(np.nextafter(1.0, 2.0))  # no probability reaches it
+
+
 def choose_review_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float) -> float:
     """The lowest confidence at which items at or above it are right at least `target_precision` of the time.
 
-    Items below it go to a person. 1.0 (review everything) when no threshold reaches the target.
+    Items below it go to a person. Just above 1.0 (review everything, even saturated probabilities of 1.0)
+    when no threshold reaches the target.
+    A threshold sorts every item tied with it (saturated probabilities tie at 1.0), so only the last
+    item of each run of equal confidences can mark it.
     """
-    order = np.argsort(-confidence)
+    order = np.argsort(-confidence, kind="stable")
+    ranked = confidence[order]
     precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
-    reaching = np.nonzero(precision >= target_precision)[0]
-    return float(confidence[order][reaching[-1]]) if len(reaching) else 1.0
+    last_of_tie = np.append(ranked[1:] < ranked[:-1], True)
+    reaching = np.nonzero((precision >= target_precision) & last_of_tie)[0]
+    return float(ranked[reaching[-1]]) if len(reaching) else REVIEW_EVERYTHING
 
 
 def auto_sort_report(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict:

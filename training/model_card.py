@@ -50,6 +50,48 @@ def _returns_lines(metrics: dict) -> list[str]:
     ]
 
 
+def _sorted_text(report: dict) -> str:
+    precision = report["sorted_precision"]
+    return f"{report['sorted_share']:.1%}" + (f" at precision {precision:.3f}" if precision is not None else "")
+
+
+def _sorting_lines(metrics: dict, meta: dict) -> list[str]:
+    """How the shipped rule sorts (common/sorting.py): one threshold, per class, per class then the upper
+    levels, on each set of photos the model was scored on; and where the thresholds came from."""
+    if "sorting" not in metrics:
+        return []
+    calibration = metrics["calibration"]
+    sets = [("test split", metrics["sorting"]["test"])]
+    sets += [(f"photos `{metrics['photos']['source']}`", metrics["photos"]["sorting"])] if "photos" in metrics else []
+    if "sorting" in metrics.get("reviewed_returns", {}):
+        sets += [("reviewed returns", metrics["reviewed_returns"]["sorting"])]
+    lines = [
+        "",
+        "## Sorting without a person",
+        f"- temperature and thresholds fitted on **{calibration.get('source', 'catalogue')}** validation photos "
+        f"({calibration.get('images', '?')} images; {calibration.get('reviewed_returns_in_val', 0)} reviewed returns "
+        f"in the validation split) for >= {metrics['sorting']['target_precision']:.0%} precision at each level; "
+        f"classes and groups predicted fewer than {metrics['sorting']['min_support']} times share their level's "
+        "threshold",
+    ]
+    levels = meta.get("sorting", {}).get("levels", {})
+    lines += [
+        f"- {level} level: default threshold {values['default']:.3f}, {len(values['groups'])} with their own"
+        for level, values in levels.items()
+    ]
+    lines += ["", "| photos | one threshold | per class | per class, then subcategory and master category |"]
+    lines += ["|---|---|---|---|"]
+    for name, reports in sets:
+        level_shares = ", ".join(
+            f"{level} {figures['share']:.1%}" for level, figures in reports["levels"]["levels"].items()
+        )
+        lines.append(
+            f"| {name} | {_sorted_text(reports['single_threshold'])} | {_sorted_text(reports['per_class'])} | "
+            f"{_sorted_text(reports['levels'])} ({level_shares}) |"
+        )
+    return lines
+
+
 def rewrite_model_card(model_dir: Path) -> None:
     """The card again from the files beside it, e.g. after metrics.json gained figures."""
     args = json.loads((model_dir / "args.json").read_text())
@@ -74,7 +116,7 @@ def write_model_card(path: Path, dataset: dict, metrics: dict, meta: dict, histo
         "",
         "## Data",
         f"- source: `{dataset['data_root']}`; {len(classes)} classes with >= {dataset['min_images']} images",
-        f"- split (stratified, seed {dataset['seed']}): " + ", ".join(f"{k} {v}" for k, v in dataset["splits"].items()),
+        f"- split (by id hash, seed {dataset['seed']}): " + ", ".join(f"{k} {v}" for k, v in dataset["splits"].items()),
         f"- epochs run: {len(history)}",
         f"- left out: {len(dataset['dropped_classes'])} classes under the minimum, "
         f"{len(dataset['missing_images'])} missing and {len(dataset['corrupt_images'])} corrupt images",
@@ -90,6 +132,7 @@ def write_model_card(path: Path, dataset: dict, metrics: dict, meta: dict, histo
         f"- training time {metrics['training_seconds'] / 60:.1f} min on the CPU",
         *_photos_lines(metrics),
         *_returns_lines(metrics),
+        *_sorting_lines(metrics, meta),
         "",
         "![confusion matrix](confusion_matrix.png) ![training curve](training_curve.png)",
         "",

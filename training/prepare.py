@@ -16,28 +16,27 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from common.styles import read_styles
+from common.styles import read_class_tree, read_styles
 from handlers.presets import InvalidImageError, decode_image
 from training.catalog import ImageSource, extra_id
 
 SPLITS = ("train", "val", "test")
 
 
-def split_key(image_id: str, seed: int) -> str:
-    """A stable pseudo-random order that does not depend on the CSV's row order."""
-    return hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()
+def split_of(image_id: str, val: float, test: float, seed: int) -> str:
+    """The split of one image, from its id alone: a hash mapped to [0, 1) against the split fractions.
+
+    Ranking a class's ids would divide it exactly, but a class that gains images (reviewed returns each
+    week) would then push old training photos into the test split, where the promotion gate would score
+    a model on photos it learned from. A threshold never moves an image; each class is divided in the
+    same proportions on average."""
+    position = int(hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()[:16], 16) / 16**16
+    return "test" if position < test else "val" if position < test + val else "train"
 
 
-def stratified_split(ids_by_label: dict[str, list[str]], val: float, test: float, seed: int) -> dict[str, str]:
-    """id -> split, with each class divided in the same proportions."""
-    assignment = {}
-    for ids in ids_by_label.values():
-        ordered = sorted(ids, key=lambda image_id: split_key(image_id, seed))
-        n_test, n_val = round(len(ordered) * test), round(len(ordered) * val)
-        for position, image_id in enumerate(ordered):
-            split = "test" if position < n_test else "val" if position < n_test + n_val else "train"
-            assignment[image_id] = split
-    return assignment
+def assign_splits(ids_by_label: dict[str, list[str]], val: float, test: float, seed: int) -> dict[str, str]:
+    """id -> split for every id; see split_of."""
+    return {image_id: split_of(image_id, val, test, seed) for ids in ids_by_label.values() for image_id in ids}
 
 
 def usable_images(root: Path, label_column: str) -> tuple[dict[str, list[str]], list[str], dict[str, str], int]:
@@ -68,7 +67,7 @@ def prepare_extra(
     Returns manifest id -> label, manifest id -> split, and what dataset.json records about it."""
     ids_by_label, missing, corrupt, malformed = usable_images(root, label_column)
     kept = {label: [extra_id(index, i) for i in ids] for label, ids in ids_by_label.items() if label in classes}
-    assignment = stratified_split(kept, val, test, seed)
+    assignment = assign_splits(kept, val, test, seed)
     summary = {
         "root": str(root.resolve()),
         "images": len(assignment),
@@ -95,7 +94,7 @@ def prepare(
     counts = Counter({label: len(ids) for label, ids in ids_by_label.items()})
     kept = {label: ids for label, ids in ids_by_label.items() if len(ids) >= min_images}
     dropped = {label: n for label, n in sorted(counts.items()) if n < min_images}
-    assignment = stratified_split(kept, val, test, seed)
+    assignment = assign_splits(kept, val, test, seed)
     labels = {image_id: label for label, ids in kept.items() for image_id in ids}
     extra_summaries = []
     for index, root in enumerate(extras or [], 1):
@@ -106,6 +105,7 @@ def prepare(
         assignment.update(extra_assignment)
         extra_summaries.append(extra_summary)
 
+    tree = read_class_tree(data / "styles.csv", label_column)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "manifest.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -125,6 +125,7 @@ def prepare(
         "corrupt_images": corrupt,
         "splits": dict(Counter(assignment.values())),
         "extras": extra_summaries,
+        "class_tree": {label: ancestors for label, ancestors in tree.items() if label in kept},
     }
     (out / "dataset.json").write_text(json.dumps(summary, indent=2))
     return summary

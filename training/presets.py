@@ -35,8 +35,13 @@ class RandomBackdrop:
         return Image.fromarray((pixels * (1.0 - mask) + backdrop * mask).round().astype(np.uint8))
 
 
+AUTO_AUGMENT = {"ta_wide": v2.TrivialAugmentWide, "ra": v2.RandAugment}
+
+
 class ClassificationPresetTrain:
-    """The eval preset plus augmentations that suit product photos on a plain background."""
+    """The eval preset plus augmentations that suit product photos on a plain background, optionally
+    with torchvision's policy augmentation (TrivialAugmentWide or RandAugment) and random erasing,
+    placed as in torchvision's references/classification/presets.py."""
 
     def __init__(
         self,
@@ -45,19 +50,26 @@ class ClassificationPresetTrain:
         hflip_prob: float = 0.5,
         jitter: float = 0.2,
         backdrop_prob: float = 0.3,
+        auto_augment: str | None = None,
+        random_erase: float = 0.0,
     ) -> None:
         self.config = config
         size = (config.height, config.width)
         ratio = config.width / config.height
-        self.augment = v2.Compose(
-            [
-                RandomBackdrop(backdrop_prob),
-                v2.RandomResizedCrop(size, scale=crop_scale, ratio=(ratio * 0.85, ratio / 0.85)),
-                v2.RandomHorizontalFlip(hflip_prob),
-                v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
-            ]
-        )
+        steps = [
+            RandomBackdrop(backdrop_prob),
+            v2.RandomResizedCrop(size, scale=crop_scale, ratio=(ratio * 0.85, ratio / 0.85)),
+            v2.RandomHorizontalFlip(hflip_prob),
+            v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
+        ]
+        if auto_augment:
+            # The catalogue's white, not black, fills what a rotation or shear uncovers.
+            steps.append(AUTO_AUGMENT[auto_augment](fill=255))
+        self.augment = v2.Compose(steps)
+        # Erasing works on the normalised tensor (its random values are noise in that space).
+        self.erase = v2.RandomErasing(random_erase) if random_erase else None
 
     def __call__(self, data: bytes) -> torch.Tensor:
         image = fit_to_input(decode_image(data), self.config)
-        return to_tensor(self.augment(image), self.config)
+        tensor = to_tensor(self.augment(image), self.config)
+        return self.erase(tensor) if self.erase else tensor

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common.classes import load_classes
 from training.catalog import EXTRA_ID, PreparedSource
-from training.evaluate import predict
+from training.evaluate import predict, shipped_sorting
 from training.metrics import auto_sort_report
 from training.model_card import rewrite_model_card
 
@@ -56,6 +56,7 @@ def score_returns(model_dir: Path, prepared: Path) -> dict | None:
         "threshold": model["review_threshold"],
         "auto_sort_rate": auto["auto_sort_rate"],
         "auto_sort_precision": auto["auto_sort_precision"],
+        "sorting": shipped_sorting(model_dir, logits, targets),
     }
 
 

@@ -25,6 +25,7 @@ from batch_job.night import nightly
 from batch_job.report import accuracy_report, category_summary, read_labels
 from batch_job.review import cli as review_cli
 from batch_job.settings import PHOTOS, RESULTS, Settings
+from batch_job.shutdown import Stopped, handling_sigterm
 from common.classes import load_classes
 from common.cli import add_command, add_version
 from common.objectstore import open_store
@@ -54,10 +55,14 @@ def run_command(settings: Settings, lock_file: Path | None) -> int:
             log.warning("another run holds the lock; this one does nothing", extra={"lock_file": str(lock_file)})
             return 0
         try:
-            night = nightly(settings)
+            with handling_sigterm() as shutdown:
+                night = nightly(settings, shutdown)
         except ServingUnavailable as exc:
             log.error("TorchServe unavailable; nothing was claimed", extra={"reason": str(exc)})
             return 2
+        except Stopped as stopped:
+            log.error("stopped by SIGTERM before the night's end; the next run takes what is left")
+            return stopped.code
     summary = night.summary
     print(category_summary(night.rows))
     print(
@@ -77,7 +82,7 @@ def run_command(settings: Settings, lock_file: Path | None) -> int:
 
 
 def report_command(settings: Settings, args: argparse.Namespace) -> int:
-    rows = Ledger(settings.database_url).results()
+    rows = Ledger(settings.database_url, settings.upgrades_schema).results()
     print(category_summary(rows))
     if args.labels:
         classes = load_classes(args.classes) if args.classes else None
@@ -108,7 +113,8 @@ def ingest_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def migrate_command(settings: Settings) -> int:
-    """`run` migrates too; this is for upgrading before a deployment, or checking where a database is."""
+    """Upgrades before a deployment (the chart's hook), or says where a database is; the apps upgrade only an
+    SQLite file, or with --migrate."""
     engine = create_engine(settings.database_url)
     before = migrate.upgrade(engine)
     with engine.connect() as connection:
@@ -120,7 +126,9 @@ def migrate_command(settings: Settings) -> int:
 
 RUN_EXIT_CODES = """exit codes: 0 done; 1 failed, dead-lettered and left-pending images exceed --max-failure-rate;
 2 TorchServe could not be reached (nothing was claimed); 3 the night was recorded and published,
-but scaling TorchServe back down failed (it is still running)"""
+but scaling TorchServe back down failed (it is still running); 4 the results store's schema is behind this
+version (run `refund-batch migrate`); 143 stopped by SIGTERM (the answers in hand
+recorded, the other claims released, TorchServe scaled down; the night is not published)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--date", type=date.fromisoformat, default=datetime.now(UTC).date(), help="partition (default: today, UTC)"
     )
     report_parser = add_command(commands, "report", "summarise the results store (accuracy with --labels)")
-    Settings.add_arguments(report_parser, RESULTS)
+    Settings.add_arguments(report_parser, (*RESULTS, "migrate"))
     report_parser.add_argument("--labels", type=Path, help="a styles.csv whose ids name the images: prints accuracy")
     report_parser.add_argument("--label-column", default="articleType", help="(default: articleType)")
     report_parser.add_argument("--classes", type=Path, help="the model's index_to_name.json, to count unknown labels")
@@ -155,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_args(args)
     configure()
+    try:
+        return dispatch(args, settings)
+    except migrate.SchemaBehind as exc:
+        print(f"refund-batch {args.command}: error: {exc}", file=sys.stderr)
+        return 4
+
+
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         return run_command(settings, args.lock_file)
     if args.command == "ingest":

@@ -4,10 +4,13 @@ Whose fault a failure is follows from the HTTP exchange, and is a type:
 - `Prediction`: a 200 with every field a prediction needs, and the model version that answered.
 - `ImageRejected`: a 4xx (the handler's per-image verdict: undecodable, too large, too many pixels).
   Final: sending the image again cannot change the answer.
-- `ServingFailed`: TorchServe took the image and failed on it (5xx after retries, or a 200 that is
-  no prediction). It may be the image's fault: it counts as one of the image's attempts.
+- `ServingFailed`: TorchServe took the image and failed on it: a 500 or 507 (the handler crashed or ran
+  out of memory on it), no answer within the read timeout (it hangs on it), 502/503/504 after retries, or
+  a 200 that is no prediction. It may be the image's fault: it counts as one of the image's attempts.
 - `ServingUnreachable`: no HTTP answer at all after retries. Never the image's fault.
-Connection errors and 5xx are retried with exponential backoff and jitter (tenacity).
+Only what cannot be the image's doing is retried, with exponential backoff and jitter (tenacity):
+connection errors and 502/503/504 (a gateway, or TorchServe busy or restarting). Sending again an image
+that crashes or hangs its worker would only crash or hang it again, and charge it no attempt.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from dataclasses import dataclass
 import httpx
 from tenacity import (
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     retry_if_result,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 
-RETRYABLE_STATUS = frozenset({500, 502, 503, 504, 507})
+from common.sorting import SortingRule, rule_of
+
+RETRYABLE_STATUS = frozenset({502, 503, 504})
 MAX_BACKOFF_S = 8.0
+DEFAULT_REVIEW_THRESHOLD = 0.5  # a handler that names no threshold (an old model.json without one)
 
 
 class ServingUnavailable(RuntimeError):
@@ -34,12 +40,13 @@ class ServingUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What TorchServe's handler says about the model it serves (`describe: True`)."""
+    """What TorchServe's handler says about the model it serves (`describe: True`): `rule` decides where an
+    answered item goes (common.sorting; one threshold for models trained before rules were shipped)."""
 
     name: str
     version: str
     classes: list[str]
-    review_threshold: float | None
+    rule: SortingRule
     class_prior: dict[str, float]
 
 
@@ -51,6 +58,7 @@ class Prediction:
     model_name: str
     model_version: str
     latency_ms: float
+    probabilities: dict[str, float]  # every class's: the upper levels sum them
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class TorchServeClient:
     def __init__(self, base_url: str, model_name: str, concurrency: int, timeout: float, retries: int) -> None:
         self.url = f"{base_url.rstrip('/')}/predictions/{model_name}"
         self.retries = retries
+        self.read_timeout = timeout
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=5.0),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
@@ -89,11 +98,11 @@ class TorchServeClient:
 
     def _post(self, content: bytes, headers: dict[str, str]) -> httpx.Response:
         """The first answer that is not a retryable 5xx, else the last one; raises httpx.TransportError
-        when the server never answered."""
+        when the server never answered (httpx.ReadTimeout at once: it took the request and stayed silent)."""
         retrying = Retrying(
             stop=stop_after_attempt(self.retries + 1),
             wait=wait_exponential_jitter(multiplier=0.5, max=MAX_BACKOFF_S),
-            retry=retry_if_exception_type(httpx.TransportError)
+            retry=retry_if_exception(_connection_error)
             | retry_if_result(lambda answer: answer.status_code in RETRYABLE_STATUS),
             retry_error_callback=_last_answer_or_raise,
         )
@@ -108,20 +117,26 @@ class TorchServeClient:
             raise ServingUnavailable(f"describe failed ({answer.status_code}): {_reason(answer)}")
         try:
             body = answer.json()
+            threshold = body.get("review_threshold")
             return ServedModel(
                 name=body["model"]["name"],
                 version=body["model"]["version"],
                 classes=body["classes"],
-                review_threshold=body.get("review_threshold"),
+                rule=rule_of(
+                    {**body, "review_threshold": DEFAULT_REVIEW_THRESHOLD if threshold is None else threshold}
+                ),
                 class_prior=body.get("class_prior") or {},
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ServingUnavailable(f"describe answered something that is no model description: {exc!r}") from exc
 
     def classify(self, image: bytes) -> Answer:
         started = time.perf_counter()
         try:
             answer = self._post(image, {"Content-Type": "application/octet-stream"})
+        except httpx.ReadTimeout as exc:
+            reason = f"TorchServe took the image and gave no answer within {self.read_timeout:g} s: {exc!r}"
+            return ServingFailed(reason, _since(started))
         except httpx.TransportError as exc:
             reason = f"TorchServe unreachable after {self.retries + 1} tries: {exc!r}"
             return ServingUnreachable(reason, _since(started))
@@ -142,11 +157,18 @@ class TorchServeClient:
                 model_name=str(body["model"]["name"]),
                 model_version=str(body["model"]["version"]),
                 latency_ms=latency_ms,
+                probabilities={str(name): float(p) for name, p in body["probabilities"].items()},
             )
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             return ServingFailed(
                 f"TorchServe answered 200 with no prediction ({exc!r}): {answer.text[:200]}", latency_ms
             )
+
+
+def _connection_error(error: BaseException) -> bool:
+    """No answer, and not because the server sat on the image: refused, dropped, reset, or a stall while
+    connecting or sending."""
+    return isinstance(error, httpx.TransportError) and not isinstance(error, httpx.ReadTimeout)
 
 
 def _last_answer_or_raise(state) -> httpx.Response:

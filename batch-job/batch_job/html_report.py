@@ -13,6 +13,12 @@ from batch_job.templating import environment
 from batch_job.thumbnails import make_thumbnail
 
 MAX_THUMBNAILS = 200
+LEVEL_NAMES = {
+    "article": "article type (sorted/<articleType>/)",
+    "sub": "subcategory (sorted/<master>/<sub>/)",
+    "master": "master category (sorted/<master>/)",
+    "review": "review (review/)",
+}
 THUMBNAIL = (96, 128)
 
 
@@ -49,6 +55,7 @@ def render(summary: dict, rows: list[Result], photos: Photos, review: ReviewStat
         .render(
             summary=summary,
             kpis=kpis,
+            level_names=LEVEL_NAMES,
             most_items=max(summary["category_counts"].values(), default=1),
             peak=max(summary["confidence_histogram"], default=1) or 1,
             review_rows=review_rows,

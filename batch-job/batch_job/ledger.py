@@ -2,7 +2,8 @@
 
 SQLite by default, PostgreSQL in production; the same SQLAlchemy 2 code serves both.
 
-Exactly once: every listed object gets a `pending` row (insert-if-absent). A run claims
+Exactly once: every listed object version (key + identity) gets one row, whichever model answers it
+(one INSERT ... ON CONFLICT DO NOTHING on that unique key, so runs registering at once add it once). A run claims
 rows with one conditional UPDATE (pending and not leased by a live run), so two runs that
 start together never send the same image; a claim is a lease, so the rows of a run killed
 with -9 are taken over once it expires. Results are committed per batch, and only by the
@@ -15,26 +16,33 @@ claims: a run killed mid-flight or an outage leaves the count as it was.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
+    Engine,
     Float,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     and_,
+    case,
     create_engine,
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -48,10 +56,15 @@ PENDING, OK, NEEDS_REVIEW, FAILED, DEAD = "pending", "ok", "needs_review", "fail
 REVIEWED, UNUSABLE = "reviewed", "unusable"  # a reviewer's decision on a needs_review item (batch_job.review)
 FINAL = (OK, NEEDS_REVIEW, FAILED, DEAD, REVIEWED, UNUSABLE)
 STATUSES = (PENDING, *FINAL)  # every status a results row can hold
-CHUNK = 500  # keys per IN (...) clause: well under every database's parameter limit
-# model_version is NOT NULL and part of the unique key (revision 0001): a row no model has answered
-# yet holds "", so two runs registering one object version at once collide on the key.
-UNANSWERED = ""
+CHUNK = 500  # rows per multi-row INSERT: 11 parameters each, well under every database's parameter limit
+# A PostgreSQL B-tree entry holds about 2,700 bytes, and (object_key, identity) is one: a longer key could not be
+# registered at all. S3 keys stop at 1,024 bytes; only a folder store's deep paths get near this.
+MAX_KEY_BYTES = 2048
+UNANSWERED = ""  # model_version (NOT NULL) of a row no model has answered yet
+# Revision 0006: the rows every night's routing retry reads (unrouted()), as a partial index. Pending rows
+# (claimable()) and the review queue are found through ix_results_status.
+UNROUTED_ROWS = text("route_to IS NOT NULL AND routed_at IS NULL")
+log = logging.getLogger("refund-batch")
 
 
 def utcnow() -> datetime:
@@ -69,13 +82,19 @@ class Base(DeclarativeBase):
 
 class Result(Base):
     __tablename__ = "results"
-    __table_args__ = (UniqueConstraint("object_key", "identity", "model_version", name="uq_results_object_model"),)
+    __table_args__ = (
+        # One row per object version, whichever model answers it (revision 0006). It leads with object_key,
+        # so it also serves lookups by key.
+        UniqueConstraint("object_key", "identity", name="uq_results_object_version"),
+        Index("ix_results_unrouted", "object_key", postgresql_where=UNROUTED_ROWS, sqlite_where=UNROUTED_ROWS),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    object_key: Mapped[str] = mapped_column(String(1024), index=True)
+    # Text (revision 0006): keys and routes have no length limit of their own; MAX_KEY_BYTES guards the index.
+    object_key: Mapped[str] = mapped_column(Text)
     identity: Mapped[str] = mapped_column(String(256))
     model_version: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)  # objects of 2 GiB and more (revision 0006)
     last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), index=True)
     category: Mapped[str | None] = mapped_column(String(128))
@@ -91,8 +110,16 @@ class Result(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     latency_ms: Mapped[float | None] = mapped_column(Float)
     # Routing (revision 0003): where the committed result sends the image, and when that was done.
-    route_to: Mapped[str | None] = mapped_column(String(1024))
+    route_to: Mapped[str | None] = mapped_column(Text)
     routed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Revision 0007: where the photo is while its move is due; None: the inbox (object_key).
+    route_from: Mapped[str | None] = mapped_column(Text)
+    # Revision 0008: the level an OK result was sorted to (article, sub, master) and its category path joined
+    # by "/" (Footwear/Shoes); NULL on OK rows of before: the article type (category). A needs_review result's
+    # `offered`: the upper-level group the model is surest of, which the review page offers first.
+    sort_level: Mapped[str | None] = mapped_column(String(16))
+    sorted_as: Mapped[str | None] = mapped_column(Text)
+    offered: Mapped[dict | None] = mapped_column(JSON)
     # The review page's decision (revision 0002); category/probability/top3 keep the model's answer.
     final_category: Mapped[str | None] = mapped_column(String(128))
     reviewed_by: Mapped[str | None] = mapped_column(String(128))
@@ -110,7 +137,7 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     newest_partition: Mapped[date | None] = mapped_column(Date)
-    # Revision 0003: this run listed every partition, not only those since the watermark.
+    # Revision 0003: this run listed every partition (every run does since the watermark went).
     full_listing: Mapped[bool | None] = mapped_column(Boolean)
     summary: Mapped[dict | None] = mapped_column(JSON)
 
@@ -134,17 +161,27 @@ class Outcome:
     counts_as_attempt: bool = False
     latency_ms: float | None = None
     route_to: str | None = None
+    sort_level: str | None = None  # OK: the level the rule sorted it to, sort_path the categories down to it
+    sort_path: tuple[str, ...] | None = None
+    offered: dict | None = None
 
 
 class Ledger:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, upgrade: bool = True) -> None:
+        """upgrade=False: only check the schema is at head (migrate.SchemaBehind if not)."""
         options = {}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             options = {"connect_args": {"timeout": 60}}  # concurrent runs wait for SQLite's write lock
         self.engine = create_engine(url, **options)
-        migrate.upgrade(self.engine)
-        self._insert = postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        if upgrade:
+            migrate.upgrade(self.engine)
+        else:
+            migrate.require_head(self.engine)
+        insert = postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        self._register_statement = (
+            insert(Result).on_conflict_do_nothing(index_elements=["object_key", "identity"]).returning(Result.id)
+        )
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -165,24 +202,6 @@ class Ledger:
             run = session.get(Run, run_id)
             run.finished_at, run.newest_partition, run.summary = utcnow(), newest_partition, summary
 
-    def newest_finished_partition(self, shard: str) -> date | None:
-        """The watermark: the newest inbox partition up to today a finished run of this shard has listed."""
-        with Session(self.engine) as session:
-            query = select(func.max(Run.newest_partition)).where(
-                Run.shard == shard,
-                Run.finished_at.is_not(None),
-                Run.newest_partition <= utcnow().date(),  # a future date (stored by earlier code) is no watermark
-            )
-            return session.scalar(query)
-
-    def last_full_listing(self, shard: str) -> datetime | None:
-        """When the newest finished run of this shard that listed every partition started."""
-        with Session(self.engine) as session:
-            query = select(func.max(Run.started_at)).where(
-                Run.shard == shard, Run.finished_at.is_not(None), Run.full_listing.is_(True)
-            )
-            return aware(session.scalar(query))
-
     def recent_runs(self, limit: int, before: str) -> list[Run]:
         with Session(self.engine) as session:
             query = (
@@ -195,38 +214,37 @@ class Ledger:
 
     # -- claiming -------------------------------------------------------------------------
 
-    def register(self, objects: Iterable[StoredObject]) -> int:
-        """Add a pending row for each object version not seen before (under any model); returns how many
-        were new."""
-        objects = list(objects)
-        known: set[tuple[str, str]] = set()
-        with Session(self.engine) as session:
-            for start in range(0, len(objects), CHUNK):
-                keys = [obj.key for obj in objects[start : start + CHUNK]]
-                rows = session.execute(select(Result.object_key, Result.identity).where(Result.object_key.in_(keys)))
-                known.update((key, identity) for key, identity in rows)
-        new = [obj for obj in objects if (obj.key, obj.identity) not in known]
+    def register(
+        self, objects: Iterable[StoredObject], *, max_bytes: int | None = None, run_id: str | None = None
+    ) -> int:
+        """Add a row for each object version not seen before, whoever registered or answered it; returns how
+        many rows this call added. Call it once per listing page: it holds one chunk at a time.
+
+        An object bigger than `max_bytes` is added as failed by `run_id`, its size the reason: it is never
+        claimed nor read. A key longer than MAX_KEY_BYTES is left out with a warning; the others register.
+        """
         now = utcnow()
-        with self.engine.begin() as connection:
-            for start in range(0, len(new), CHUNK):
-                values = [
-                    {
-                        "object_key": obj.key,
-                        "identity": obj.identity,
-                        "model_version": UNANSWERED,
-                        "size": obj.size,
-                        "last_modified": obj.last_modified,
-                        "status": PENDING,
-                        "attempts": 0,
-                        "created_at": now,
-                    }
-                    for obj in new[start : start + CHUNK]
-                ]
-                statement = self._insert(Result).values(values)
-                connection.execute(
-                    statement.on_conflict_do_nothing(index_elements=["object_key", "identity", "model_version"])
+        added = 0
+        remaining = iter(objects)
+        while chunk := list(islice(remaining, CHUNK)):
+            values = [_new_row(obj, now, max_bytes, run_id) for obj in chunk if _indexable(obj.key)]
+            if not values:
+                continue
+            # The same order in every run: two runs inserting the same keys wait for each other, never deadlock.
+            values.sort(key=lambda row: (row["object_key"], row["identity"]))
+            with self.engine.begin() as connection:
+                # Every night lists the whole inbox, so nearly every key is known: looking them up (the unique
+                # index) costs less than inserting them, and a PostgreSQL insert that conflicts still burns a
+                # value of the id sequence. ON CONFLICT stays for keys another run registers meanwhile.
+                keys = [row["object_key"] for row in values]
+                known = set(
+                    connection.execute(select(Result.object_key, Result.identity).where(Result.object_key.in_(keys)))
                 )
-        return len(new)
+                values = [row for row in values if (row["object_key"], row["identity"]) not in known]
+                if values:
+                    # One statement compiled once (SQLAlchemy's "insertmanyvalues"); RETURNING counts the rows added.
+                    added += len(connection.execute(self._register_statement, values).all())
+        return added
 
     def claimable(self) -> list[tuple[int, str]]:
         """(id, key) of pending rows nobody holds a live lease on, whichever model they were registered under."""
@@ -247,6 +265,18 @@ class Ledger:
         with Session(self.engine, expire_on_commit=False) as session:
             query = select(Result).where(Result.id.in_(ids), Result.run_id == run_id, Result.status == PENDING)
             return list(session.scalars(query))
+
+    def release(self, ids: list[int], run_id: str) -> None:
+        """Give back claims this run holds and will not answer (a stopped night): claimable again at once,
+        no attempt counted."""
+        with Session(self.engine) as session, session.begin():
+            for start in range(0, len(ids), CHUNK):
+                session.execute(
+                    update(Result)
+                    .where(Result.id.in_(ids[start : start + CHUNK]), Result.run_id == run_id, Result.status == PENDING)
+                    .values(lease_until=None)
+                    .execution_options(synchronize_session=False)
+                )
 
     def record(self, results: list[tuple[Result, Outcome]], run_id: str, max_attempts: int) -> list[Result]:
         """Store a batch of outcomes in one transaction, only for rows this run still holds; returns
@@ -277,6 +307,9 @@ class Ledger:
                         lease_until=None,
                         finished_at=now if status != PENDING else None,
                         route_to=outcome.route_to,
+                        sort_level=outcome.sort_level,
+                        sorted_as="/".join(outcome.sort_path) if outcome.sort_path else None,
+                        offered=outcome.offered,
                     )
                     .execution_options(synchronize_session=False)
                 )
@@ -290,10 +323,6 @@ class Ledger:
             query = select(Result).where(Result.route_to.is_not(None), Result.routed_at.is_(None))
             return list(session.scalars(query.order_by(Result.object_key)))
 
-    def mark_routed(self, row_id: int) -> None:
-        with Session(self.engine) as session, session.begin():
-            session.execute(update(Result).where(Result.id == row_id).values(routed_at=utcnow()))
-
     # -- reading --------------------------------------------------------------------------
 
     def results(self, run_id: str | None = None) -> list[Result]:
@@ -306,6 +335,67 @@ class Ledger:
     def count_rows(self) -> int:
         with Session(self.engine) as session:
             return session.scalar(select(func.count()).select_from(Result)) or 0
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    return f"object is {size} bytes, more than the {max_bytes} allowed"
+
+
+def _indexable(key: str) -> bool:
+    length = len(key.encode())
+    if length > MAX_KEY_BYTES:
+        log.warning(
+            "key too long to record: not registered",
+            extra={"key": key[:200], "bytes": length, "max_bytes": MAX_KEY_BYTES},
+        )
+    return length <= MAX_KEY_BYTES
+
+
+def _new_row(obj: StoredObject, now: datetime, max_bytes: int | None, run_id: str | None) -> dict:
+    """A pending row, or a failed one when the object is too big to read (every row has the same columns:
+    one multi-row INSERT takes them all)."""
+    too_big = max_bytes is not None and obj.size > max_bytes
+    return {
+        "object_key": obj.key,
+        "identity": obj.identity,
+        "model_version": UNANSWERED,
+        "size": obj.size,
+        "last_modified": obj.last_modified,
+        "status": FAILED if too_big else PENDING,
+        "error": too_large(obj.size, max_bytes) if too_big else None,
+        "attempts": 0,
+        "run_id": run_id if too_big else None,
+        "created_at": now,
+        "finished_at": now if too_big else None,
+    }
+
+
+def move_source(row: Result) -> str:
+    """Where the photo is while its move is due (route_to set, routed_at not): a decision's photo leaves review/."""
+    return row.route_from or row.object_key
+
+
+def mark_routed(engine: Engine, row_id: int, moved_from: str, moved_to: str) -> bool:
+    """Record that the photo of a row was copied or moved from `moved_from` to `moved_to`; True if that was the
+    move due, so the row now says where the photo is.
+
+    One conditional UPDATE, on the row as it is when the move is done, not as it was read before: a decision
+    committed meanwhile (the night was moving the photo into review/) changed the destination, so the row is
+    not marked routed but records that the move due starts at `moved_to` now, for whoever routes it next.
+    """
+    done = Result.route_to == moved_to
+    with engine.begin() as connection:
+        stamped = connection.execute(
+            update(Result)
+            .where(
+                Result.id == row_id,
+                Result.routed_at.is_(None),
+                func.coalesce(Result.route_from, Result.object_key) == moved_from,
+            )
+            .values(routed_at=case((done, utcnow()), else_=None), route_from=case((done, None), else_=moved_to))
+            .returning(Result.routed_at)
+        ).one_or_none()
+    return stamped is not None and stamped.routed_at is not None
 
 
 def _claimable(now: datetime):

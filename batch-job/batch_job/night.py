@@ -10,6 +10,7 @@ from batch_job.ledger import Result
 from batch_job.review.decisions import review_stats
 from batch_job.review.photos import Photos
 from batch_job.settings import Settings
+from batch_job.shutdown import Shutdown
 from batch_job.summary import publish, summarize
 
 RECENT_RUNS = 7  # drift baseline: about a week of nights
@@ -35,15 +36,16 @@ def serving(settings: Settings):
     return serving_scaled(settings)
 
 
-def nightly(settings: Settings) -> Night:
+def nightly(settings: Settings, shutdown: Shutdown | None = None) -> Night:
     """Raises ServingUnavailable, before claiming anything, when TorchServe cannot be reached.
 
     A scale-down that fails after a good run does not stop the night: it is published and finished,
-    and the summary's `scale_down_error` says TorchServe was left running."""
+    and the summary's `scale_down_error` says TorchServe was left running. Raises Stopped after SIGTERM
+    (`shutdown`), having scaled down: the night is neither published nor finished."""
     client, ledger, store = job.open_run(settings)
     try:
         with serving(settings) as scaled:
-            stats = job.run(settings, client, ledger, store)
+            stats = job.run(settings, client, ledger, store, shutdown)
     finally:
         client.close()
     rows = ledger.results(stats.run_id)

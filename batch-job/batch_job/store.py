@@ -1,9 +1,9 @@
 """The photo inbox in the object store: date-partitioned listing, placing new photos, routing.
 
-The inbox is date-partitioned (inbox/YYYY-MM-DD/...), so a night lists only recent partitions
-and its cost grows with new images, not history. A folder whose name looks like a date but is
-none (2026-02-30), and partitions dated after today, are no partitions: they are listed every
-night and never move the watermark. Generic store access is in `common.objectstore`.
+The inbox is date-partitioned (inbox/YYYY-MM-DD/...). Every night lists every partition, a page at a
+time, so a photo put late into an old partition is found the next night; the ledger tells what is new.
+A folder whose name looks like a date but is none (2026-02-30), and partitions dated after today, are
+reported. Generic store access is in `common.objectstore`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from datetime import date, timedelta
+from dataclasses import dataclass
+from datetime import date
 from pathlib import PurePosixPath
 
 import obstore
+from obstore.exceptions import InvalidPathError
 from obstore.store import ObjectStore
 
-from common.objectstore import StoredObject, list_objects, read_object, visible
+from common.objectstore import StoredObject, read_object, stored_object, visible
 
 DATE_PARTITION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -26,17 +28,64 @@ class ObjectTooLarge(ValueError):
     """An object bigger than the job will read into memory."""
 
 
-def list_inbox(store: ObjectStore, prefix: str, since: date | None) -> Iterator[StoredObject]:
-    """Loose files at the inbox's top, other folders, and date partitions from `since` on."""
-    listing = obstore.list_with_delimiter(store, prefix.rstrip("/") or None)
-    for meta in listing["objects"]:
+class UnsafeName(ValueError):
+    """A class name that cannot be a folder in the store (it would escape or nest)."""
+
+
+def folder_name(category: str) -> str:
+    """The folder of a class under sorted/: the night's routing and a reviewer's decision keep to this one rule."""
+    if not category or "/" in category or "\\" in category or category.startswith("."):
+        raise UnsafeName(f"{category!r} cannot name a folder")
+    return category
+
+
+@dataclass(frozen=True)
+class ListingError:
+    """A key of the inbox the store client refused, and why (the client's message names the key)."""
+
+    prefix: str  # the folder being listed
+    error: str
+
+
+def list_inbox(store: ObjectStore, prefix: str, errors: list[ListingError]) -> Iterator[StoredObject]:
+    """Every visible object in the inbox, a folder at a time, streamed: loose files at its top, then each folder.
+
+    A key the store client refuses (an empty segment, `.` or `..`, a file name that is no UTF-8) is added to
+    `errors` and the listing goes on: a folder store lists on past that one file; an S3 listing loses the page
+    (up to 1,000 keys) that holds it and the rest of that folder, as the client drops the page whole and cannot
+    go on after it, and the other folders are listed.
+    """
+    try:
+        top = obstore.list_with_delimiter(store, prefix.rstrip("/") or None)
+    except InvalidPathError as exc:  # a refused key at the inbox's top: list the inbox as one stream
+        errors.append(ListingError(prefix, _reason(exc)))
+        yield from _list_folder(store, prefix, errors)
+        return
+    for meta in top["objects"]:
         if visible(meta["path"]):
-            yield StoredObject(meta["path"], meta["size"], meta["last_modified"], meta.get("e_tag"))
-    for folder in sorted(listing["common_prefixes"]):
-        day = partition_date(PurePosixPath(folder).name)
-        if since is not None and day is not None and day < since:
+            yield stored_object(meta)
+    for folder in sorted(top["common_prefixes"]):
+        yield from _list_folder(store, folder.rstrip("/") + "/", errors)
+
+
+def _list_folder(store: ObjectStore, prefix: str, errors: list[ListingError]) -> Iterator[StoredObject]:
+    # One object per chunk: a chunk the client refuses then holds the refused key alone, never good ones too.
+    chunks = iter(obstore.list(store, prefix=prefix, chunk_size=1))
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except InvalidPathError as exc:
+            errors.append(ListingError(prefix, _reason(exc)))
             continue
-        yield from list_objects(store, folder.rstrip("/") + "/")
+        for meta in chunk:
+            if visible(meta["path"]):
+                yield stored_object(meta)
+
+
+def _reason(error: Exception) -> str:
+    return str(error).splitlines()[0]  # the rest is the client's debug dump
 
 
 def partition_name(key: str, prefix: str) -> str:
@@ -57,15 +106,6 @@ def partition_date(name: str) -> date | None:
 
 def malformed_partition(name: str) -> bool:
     return bool(DATE_PARTITION.match(name)) and partition_date(name) is None
-
-
-def partition_of(key: str, prefix: str) -> date | None:
-    return partition_date(partition_name(key, prefix))
-
-
-def listing_start(newest_done: date | None, lookback_days: int) -> date | None:
-    """Partitions before this were complete when the last run finished; late arrivals get `lookback_days`."""
-    return newest_done - timedelta(days=lookback_days) if newest_done else None
 
 
 def read_image(store: ObjectStore, key: str, max_bytes: int) -> bytes:

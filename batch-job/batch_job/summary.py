@@ -10,6 +10,7 @@ from obstore.store import ObjectStore
 from batch_job.drift import drift_report
 from batch_job.job import RunStats
 from batch_job.ledger import FINAL, NEEDS_REVIEW, OK, Result
+from batch_job.report import sorted_by_level
 from batch_job.settings import Settings
 from common.objectstore import put_object
 
@@ -29,13 +30,18 @@ def summarize(stats: RunStats, rows: list[Result], previous: list[dict], drift_t
         "run_id": stats.run_id,
         "shard": stats.shard,
         "model": {"name": stats.model.name, "version": stats.model.version},
-        "review_threshold": stats.review_threshold,
+        # The article level's threshold for classes without their own (the operator's, where set).
+        "review_threshold": stats.model.rule.threshold if stats.review_threshold is None else stats.review_threshold,
+        "per_class_thresholds": stats.review_threshold is None and bool(stats.model.rule.levels["article"].groups),
+        "route_levels": stats.route_levels,
         "seconds": round(stats.seconds, 3),
         "listed": stats.listed,
         "listing": {
-            "full": stats.full_listing,
             "future_partitions": stats.future_partitions,
             "malformed_partitions": stats.malformed_partitions,
+            "errors": [{"prefix": error.prefix, "error": error.error} for error in stats.listing_errors],
+            "seconds": round(stats.listing_seconds, 3),
+            "registration_seconds": round(stats.registration_seconds, 3),
         },
         "answered_by": dict(stats.answered_by),
         "lost_leases": stats.lost_leases,
@@ -45,6 +51,7 @@ def summarize(stats: RunStats, rows: list[Result], previous: list[dict], drift_t
         "images_per_second": round(len(rows) / stats.seconds, 2) if stats.seconds else None,
         "statuses": dict(statuses),
         "auto_sorted_share": statuses[OK] / len(classified) if classified else None,
+        "sorted_by_level": sorted_by_level(classified),
         "failure_rate": stats.failure_rate,
         "category_counts": dict(counts.most_common()),
         "review_counts": dict(Counter(row.category for row in classified if row.status == NEEDS_REVIEW)),
@@ -71,6 +78,8 @@ def manifest_lines(rows: list[Result]) -> str:
                 "category": row.category,
                 "probability": row.probability,
                 "top3": row.top3,
+                "sort_level": row.sort_level,
+                "sorted_as": row.sorted_as,
                 "error": row.error,
                 "attempts": row.attempts,
                 "latency_ms": row.latency_ms,

@@ -1,10 +1,12 @@
-"""What channels-last buys the training step (`make bench-training`).
+"""What a training step costs with each candidate change (`make bench-training`).
 
-Times forward + backward + AdamW step of the training network on random batches at the
-model's input size, in the default (contiguous) and in the channels-last memory format,
-alternating rounds so that a drift of the machine hits both alike, and prints images/s.
+Times forward + backward + AdamW step of the training network on random batches at the model's input
+size, and the forward pass alone in inference mode (what serving pays per image), for each variant:
+the memory format, bf16 autocast on the CPU, the ResNet stem without its max-pool (4x the feature map
+at every later stage, for small inputs) and resnet34. Rounds alternate the variants so that a drift of
+the machine hits all alike; prints images/s and the ratio to today's recipe (resnet18, channels-last, fp32).
 
-    python -m tests.benchmarks.bench_training [--arch resnet18] [--batch-size 64] [--steps 20] [--rounds 3]
+    python -m tests.benchmarks.bench_training [--batch-size 64] [--steps 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -12,14 +14,37 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 
-from handlers.network import ARCHITECTURES, build_model
+from handlers.network import build_model
 from handlers.presets import PresetConfig
 
+BASELINE = "resnet18 channels-last fp32"
 
-def images_per_second(model: torch.nn.Module, batch: torch.Tensor, steps: int) -> float:
+
+def without_maxpool(model: torch.nn.Module) -> torch.nn.Module:
+    model.maxpool = torch.nn.Identity()
+    return model
+
+
+# name -> (architecture, change to the network, memory format, bf16 autocast)
+VARIANTS: dict[str, tuple[str, Callable[[torch.nn.Module], torch.nn.Module], torch.memory_format, bool]] = {
+    "resnet18 contiguous fp32": ("resnet18", lambda model: model, torch.contiguous_format, False),
+    BASELINE: ("resnet18", lambda model: model, torch.channels_last, False),
+    "resnet18 channels-last bf16 autocast": ("resnet18", lambda model: model, torch.channels_last, True),
+    "resnet18 without max-pool": ("resnet18", without_maxpool, torch.channels_last, False),
+    "resnet34 channels-last fp32": ("resnet34", lambda model: model, torch.channels_last, False),
+}
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def training_rate(model: torch.nn.Module, batch: torch.Tensor, steps: int, bf16: bool) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     criterion = torch.nn.CrossEntropyLoss()
     targets = torch.zeros(batch.shape[0], dtype=torch.long)
@@ -28,33 +53,53 @@ def images_per_second(model: torch.nn.Module, batch: torch.Tensor, steps: int) -
         if step == 2:
             started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        criterion(model(batch), targets).backward()
+        with autocast(bf16):
+            loss = criterion(model(batch), targets)
+        loss.backward()
         optimizer.step()
+    return steps * batch.shape[0] / (time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def inference_rate(model: torch.nn.Module, batch: torch.Tensor, steps: int, bf16: bool) -> float:
+    model.eval()
+    for step in range(steps + 2):
+        if step == 2:
+            started = time.perf_counter()
+        with autocast(bf16):
+            model(batch)
     return steps * batch.shape[0] / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet18")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--classes", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
     preset = PresetConfig()
     batch = torch.randn(args.batch_size, 3, preset.height, preset.width)
-    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-    rates: dict[str, list[float]] = {name: [] for name in formats}
+    rates: dict[str, dict[str, list[float]]] = {name: {"train": [], "infer": []} for name in args.variants}
     for _ in range(args.rounds):
-        for name, memory_format in formats.items():
+        for name in args.variants:
+            arch, change, memory_format, bf16 = VARIANTS[name]
             torch.manual_seed(0)
-            model = build_model(args.arch, args.classes).to(memory_format=memory_format)
-            rates[name].append(images_per_second(model, batch.contiguous(memory_format=memory_format), args.steps))
-    print(f"{args.arch}, {preset.width}x{preset.height}, batch {args.batch_size}, {torch.get_num_threads()} threads")
-    for name, values in rates.items():
-        print(f"{name:14s} {statistics.median(values):7.1f} img/s (rounds: {', '.join(f'{v:.1f}' for v in values)})")
-    ratio = statistics.median(rates["channels_last"]) / statistics.median(rates["contiguous"])
-    print(f"channels_last/contiguous={ratio:.2f}")
+            model = change(build_model(arch, args.classes)).to(memory_format=memory_format)
+            inputs = batch.contiguous(memory_format=memory_format)
+            rates[name]["train"].append(training_rate(model, inputs, args.steps, bf16))
+            rates[name]["infer"].append(inference_rate(model, inputs, args.steps, bf16))
+    print(f"{preset.width}x{preset.height}, batch {args.batch_size}, {torch.get_num_threads()} threads")
+    median = {name: {kind: statistics.median(rates[name][kind]) for kind in ("train", "infer")} for name in rates}
+    base = median.get(BASELINE)
+    for name, figures in median.items():
+        relative = (
+            f" ({figures['train'] / base['train']:.2f}x training, {base['infer'] / figures['infer']:.2f}x serving cost)"
+            if base
+            else ""
+        )
+        print(f"{name:38s} train {figures['train']:7.1f} img/s, infer {figures['infer']:7.1f} img/s{relative}")
 
 
 if __name__ == "__main__":

@@ -506,6 +506,63 @@ def deployment_replicas(namespace: str) -> int:
     return kubectl_json("-n", namespace, "get", "deployment", SERVING)["spec"]["replicas"]
 
 
+def suspend(namespace: str, job: str, suspended: bool) -> None:
+    """Suspending a Job deletes its pods as Kubernetes stops any pod (SIGTERM, SIGKILL after the grace period)
+    and starts no replacement until it is resumed: the moment between is there to look at."""
+    patch = json.dumps({"spec": {"suspend": suspended}})
+    kubectl("-n", namespace, "patch", "job", job, "--type=merge", "-p", patch)
+
+
+def test_a_batch_pod_stopped_mid_night_records_its_answers_releases_its_claims_and_scales_down(
+    namespace, release, services, ledger
+):
+    upgrade(namespace, "batch.parallelism=1", "batch.scaleToZero.enabled=true", "batch.scaleToZero.replicas=2")
+    keys = put_photos(services[1], "night-8")
+    # The default 15-minute lease: only a release lets the resumed night take what the stopped pod held.
+    job = start_night(namespace, "night-8", REFUND_LEASE_SECONDS="900")
+    mid_night(namespace, job, ledger, keys)
+    suspend(namespace, job, True)
+    report(f"night-8: SIGTERM to the batch pod at {decided(ledger, keys)}/{len(keys)}")
+    wait_for("the stopped batch pod to go", lambda: not pods(namespace, f"job-name={job}"), 200)
+    rows = results(ledger, keys)
+    recorded = [row for row in rows if row.status in DONE]
+    left = [row for row in rows if row.status == "pending"]
+    report(f"night-8: stopped with {len(recorded)} recorded, {len(left)} left")
+    assert recorded and left and len(recorded) + len(left) == len(keys), Counter(row.status for row in rows)
+    assert all(row.attempts == 0 for row in left), "a photo never answered is charged no attempt"
+    with ledger.connect() as connection:
+        leased = connection.execute(
+            sqlalchemy.text("SELECT count(*) FROM results WHERE object_key LIKE :night AND lease_until IS NOT NULL"),
+            {"night": keys[0].rsplit("/", 1)[0] + "/%"},
+        ).scalar_one()
+    assert leased == 0, "the stopped pod released its claims"
+    assert deployment_replicas(namespace) == 0, "the stopped pod scaled TorchServe back down"
+
+    suspend(namespace, job, False)
+    state = wait_for(f"job {job} to end", lambda: job_state(namespace, job), NIGHT_TIMEOUT_S, every=2)
+    assert state == "Complete", kubectl("-n", namespace, "logs", f"job/{job}", "--tail=60", check=False)
+    assert_exactly_once(ledger, keys)
+    wait_for("TorchServe back at 0 replicas", lambda: deployment_replicas(namespace) == 0, 60)
+
+
+def test_a_night_that_fails_its_photos_is_not_retried(namespace, release, services, ledger):
+    """Exit 1 (too many failures) fails the Job at once: a retry would charge each failing photo another
+    attempt within seconds (here the retry would find nothing left and pass, hiding the failed night)."""
+    store = services[1].store()
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    keys = [f"inbox/{day}/night-9/{number}.jpg" for number in range(5)]
+    for key in keys:
+        obstore.put(store, key, b"\xff\xd8\xff\xe0 truncated upload")
+    job = start_night(namespace, "night-9")
+    state = wait_for(f"job {job} to end", lambda: job_state(namespace, job), NIGHT_TIMEOUT_S, every=2)
+    status = kubectl_json("-n", namespace, "get", "job", job)["status"]
+    assert state == "Failed" and status.get("failed") == 1 and not status.get("succeeded"), status
+    (failed,) = [condition for condition in status["conditions"] if condition["type"] == "Failed"]
+    assert failed["reason"] == "PodFailurePolicy", failed
+    rows = results(ledger, keys)
+    assert len(rows) == len(keys) and all(row.attempts == 1 for row in rows), rows
+
+
 def test_the_review_page_runs_in_the_cluster_behind_its_login(namespace, release, ledger):
     """review.enabled: the page's Deployment with the chart's hardening and probes, reached at its Service
     from this machine (the lab routes Service addresses), showing the nights' doubtful items after a login."""

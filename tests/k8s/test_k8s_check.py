@@ -4,6 +4,7 @@ reject what a cluster would reject (removed APIs, unknown kinds and fields, bad 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -323,3 +324,45 @@ def test_review_header_mode_passes_the_proxy_secret_from_the_secret_and_requires
     refused = render(check, "review.enabled=true", "review.userHeader=X-Forwarded-User")
     assert refused.returncode != 0 and "review.proxySecretKey is required" in refused.stderr
     assert "REFUND_REVIEW_PROXY_SECRET" not in render(check, "review.enabled=true").stdout
+
+
+def test_a_night_that_failed_its_photos_is_not_retried_and_sigterm_has_time_to_finish(check):
+    """Exit 1 (too many failures) and 3 (TorchServe left running) fail the Job at once: a retry within seconds
+    would charge every failing photo another attempt in the same night. Exit 2 (TorchServe unreachable) and
+    crashes retry up to backoffLimit; disruptions (drain, preemption) retry without counting."""
+    docs = rendered(check)
+    job = docs["CronJob/r-refund-sorter-batch"]["spec"]["jobTemplate"]["spec"]
+    rules = job["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "batch", "operator": "In", "values": [1, 3]},
+    }
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert len(rules) == 2 and job["template"]["spec"]["restartPolicy"] == "Never"  # what the policy requires
+    assert job["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+    pod = rendered(check, "batch.terminationGracePeriodSeconds=300")["CronJob/r-refund-sorter-batch"]
+    assert pod["spec"]["jobTemplate"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300
+
+
+def test_the_schema_is_migrated_by_a_hook_before_install_and_upgrade(check):
+    """One Job, `refund-batch migrate`, before the release's objects (install) or their change (upgrade): the
+    CronJob's pods and the review page only check the schema and need no DDL rights."""
+    docs = rendered(check, "review.enabled=true")
+    hook = docs["Job/r-refund-sorter-migrate"]
+    annotations = hook["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    pod = hook["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["migrate"] and container["image"].startswith("refund-sorter-batch:")
+    url = {"secretKeyRef": {"name": "refund-sorter-database", "key": "url"}}
+    assert container["env"] == [{"name": "REFUND_DATABASE_URL", "valueFrom": url}]
+    assert container["securityContext"]["readOnlyRootFilesystem"] and pod["automountServiceAccountToken"] is False
+    for app in (docs["CronJob/r-refund-sorter-batch"], docs["Deployment/r-refund-sorter-review"]):
+        assert "REFUND_MIGRATE" not in json.dumps(app)  # they check, never migrate
+    # A database user allowed DDL for the hook alone, from another key of the same Secret.
+    (container,) = rendered(check, "batch.database.migrationUrlKey=owner-url")["Job/r-refund-sorter-migrate"]["spec"][
+        "template"
+    ]["spec"]["containers"]
+    assert container["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "refund-sorter-database", "key": "owner-url"}
+    assert "Job/r-refund-sorter-migrate" not in rendered(check, "batch.enabled=false")

@@ -29,14 +29,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from batch_job.ledger import Result
+from batch_job.ledger import Result, mark_routed
 from batch_job.review import decisions, sessions
 from batch_job.review.auth import CSRF_FIELD, Reviewers, csrf_token, csrf_valid
 from batch_job.review.metrics import registry_for
-from batch_job.review.photos import Photos, UnsafeName, folder_name, shown
+from batch_job.review.photos import Photos, shown
 from batch_job.review.settings import ReviewSettings
 from batch_job.review.throttle import LoginThrottle
-from batch_job.store import ObjectTooLarge
+from batch_job.store import ObjectTooLarge, UnsafeName, folder_name
 from batch_job.templating import environment
 from common.objectstore import read_object
 
@@ -276,7 +276,7 @@ class ReviewApp:
         if not shown(before):
             return self.answer(request, form, 409, {"error": f"{before.object_key} is not in review"})
         destination = self.photos.decision_route(before, final)
-        outcome = decisions.decide(self.engine, before.id, name, final, destination)
+        outcome = decisions.decide(self.engine, before.id, name, final, destination, self.photos.current_key(before))
         row = outcome.row
         note = {"key": row.object_key, "final": row.final_category, "at": decisions.clock(row.reviewed_at)}
         if not outcome.won:
@@ -285,8 +285,8 @@ class ReviewApp:
             return self.answer(request, form, 409, {**note, "first": row.reviewed_by})
         if destination is not None:
             try:
-                self.photos.route_decision(before, destination)
-                decisions.routed(self.engine, row.id, destination)
+                source = self.photos.route_decision(row, destination)
+                mark_routed(self.engine, row.id, source, destination)
                 note["moved"] = destination
             except Exception as exc:  # the decision stands; where the photo is stays recorded
                 log.exception("could not move a decided photo", extra={"key": row.object_key})

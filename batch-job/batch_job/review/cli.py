@@ -22,10 +22,11 @@ COMMANDS = ("review", "review-passwd", "export-labels")
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Adds the subcommands, each with the nightly job's settings it reads (where the photos and results are)."""
     export = add_command(commands, "export-labels", "write reviewed items as styles.csv + images/ for training")
-    Settings.add_arguments(export, (*ROUTED, "max_image_bytes"))
+    Settings.add_arguments(export, (*ROUTED, "max_image_bytes", "migrate"))
     export.add_argument("--out", type=Path, required=True, help="folder to write")
     review = add_command(commands, "review", "serve the review page for the doubtful items")
-    Settings.add_arguments(review, (*ROUTED, "runs_prefix", "max_image_bytes"))  # the nights' reports, the photos
+    # The nights' reports, the photos.
+    Settings.add_arguments(review, (*ROUTED, "runs_prefix", "max_image_bytes", "migrate"))
     ReviewSettings.add_arguments(review)
     passwd = add_command(commands, "review-passwd", "print a users-file line for a reviewer (password on stdin)")
     passwd.add_argument("name", help="the reviewer's login name")
@@ -66,7 +67,7 @@ def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
     photos = Photos(
         open_store(settings.store), settings.inbox_prefix, settings.route, max_bytes=settings.max_image_bytes
     )
-    report = export_labels(Ledger(settings.database_url).engine, photos, args.out)
+    report = export_labels(Ledger(settings.database_url, settings.upgrades_schema).engine, photos, args.out)
     for key, reason in report.missing.items():
         print(f"left out {key}: {reason}", file=sys.stderr)
     print(f"{report.written} reviewed photos written to {args.out} ({len(report.missing)} missing)")

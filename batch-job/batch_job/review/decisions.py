@@ -117,18 +117,32 @@ class Outcome:
 
 
 def decide(
-    engine: Engine, row_id: int, reviewer: str, final_category: str | None, destination: str | None = None
+    engine: Engine,
+    row_id: int,
+    reviewer: str,
+    final_category: str | None,
+    destination: str | None = None,
+    unrouted_place: str | None = None,
 ) -> Outcome:
     """Store a reviewer's decision unless someone decided the item first; None means unusable.
 
-    `destination` (routing on) replaces the route of a row whose nightly routing has not happened
-    yet (it failed): should the decision's own move fail too, the night's routing retry takes the
-    photo from the inbox straight there, never into review/.
+    `destination` (routing on): the same UPDATE records the photo's move there as due (routed_at NULL), from
+    where the photo is as the UPDATE finds the row: where the night's routing put it once that is recorded,
+    else where the move due starts (the inbox, its nightly routing failed or not recorded yet);
+    `unrouted_place` for a row no routing was ever recorded for (from before revision 0003). The app moves
+    the photo from the won row's move source; should that fail, the night's routing makes the move.
+    A won decision's row is the row as the UPDATE left it (RETURNING), not as read before it.
     """
-    pending = and_(Result.routed_at.is_(None), Result.route_to.is_not(None))
-    routing = {"route_to": case((pending, destination), else_=Result.route_to)} if destination else {}
-    with Session(engine) as session, session.begin():
-        won = session.execute(
+    routing = {}
+    if destination:
+        place = case(
+            (Result.routed_at.is_not(None), Result.route_to),
+            (Result.route_to.is_(None), unrouted_place),
+            else_=Result.route_from,
+        )
+        routing = {"route_from": place, "route_to": destination, "routed_at": None}
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        decided = session.scalars(
             update(Result)
             .where(Result.id == row_id, Result.status == NEEDS_REVIEW)
             .values(
@@ -138,9 +152,10 @@ def decide(
                 reviewed_at=utcnow(),
                 **routing,
             )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-    return Outcome(bool(won), item(engine, row_id))
+            .returning(Result),
+            execution_options={"synchronize_session": False},
+        ).one_or_none()
+    return Outcome(True, decided) if decided is not None else Outcome(False, item(engine, row_id))
 
 
 def undo(
@@ -152,7 +167,7 @@ def undo(
     before an export took it (the dataset carries its label). One conditional UPDATE, like a decision, so
     a second undo or another reviewer's undo loses; `put_back` moves the photo back to review/ (returning
     where it is now, None: routing is off) inside the same transaction, so a failed move leaves the
-    decision standing. `routing`: the decision moved its photo, after its commit (`routed`).
+    decision standing. `routing`: the decision moved its photo, after its commit (`ledger.mark_routed`).
     """
     now = utcnow()
     later_night = exists().where(Run.started_at > Result.reviewed_at)
@@ -181,12 +196,6 @@ def undo(
             if place is not None:
                 session.execute(update(Result).where(Result.id == row_id).values(route_to=place, routed_at=now))
     return Outcome(undone is not None, item(engine, row_id))
-
-
-def routed(engine: Engine, row_id: int, destination: str) -> None:
-    """The decided photo is at `destination` now."""
-    with Session(engine) as session, session.begin():
-        session.execute(update(Result).where(Result.id == row_id).values(route_to=destination, routed_at=utcnow()))
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,11 @@ class NightCollector(Collector):
         )
         threshold = family("refund_night_max_failure_rate", "The failure rate above which the night exits 1")
         auto_sorted = family("refund_night_auto_sorted_share", "Share of the night's classified images sorted alone")
+        by_level = family(
+            "refund_night_sorted_share",
+            "Share of the night's classified images sorted at each level (article, sub, master) or sent to review",
+            "level",
+        )
         drift = family("refund_night_drift_psi", "The night's category mix drift (PSI), against a baseline", "against")
         warnings = family("refund_night_drift_warnings", "Drift warnings of the last finished night")
         for run in last_nights(self.engine):
@@ -105,12 +110,15 @@ class NightCollector(Collector):
                     metric.add_metric([run.shard], summary[key])
             if summary.get("auto_sorted_share") is not None:
                 auto_sorted.add_metric([run.shard], summary["auto_sorted_share"])
+            for level, value in summary.get("sorted_by_level", {}).items():  # nights of before levels have none
+                if value["share"] is not None:
+                    by_level.add_metric([run.shard, level], value["share"])
             report = summary.get("drift", {})
             for against, key in DRIFT_SCORES.items():
                 if report.get(key) is not None:
                     drift.add_metric([run.shard, against], report[key])
             warnings.add_metric([run.shard], len(report.get("warnings", [])))
-        yield from (finished, duration, images, failure_rate, threshold, auto_sorted, drift, warnings)
+        yield from (finished, duration, images, failure_rate, threshold, auto_sorted, by_level, drift, warnings)
         results = GaugeMetricFamily("refund_results", "Images in the results store, by status", labels=["status"])
         for status, count in sorted(results_by_status(self.engine).items()):
             results.add_metric([status], count)

@@ -8,26 +8,16 @@ from pathlib import PurePosixPath
 
 from obstore.store import ObjectStore
 
-from batch_job.ledger import NEEDS_REVIEW, Result
+from batch_job.ledger import NEEDS_REVIEW, Result, move_source
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
-from batch_job.store import read_image, route_object
+from batch_job.store import folder_name, read_image, route_object
 from batch_job.thumbnails import make_thumbnail
 from common.objectstore import put_object, read_object
 
 THUMBNAIL = (240, 320)
 WHOLE = (1600, 1600)  # the whole photo, scaled to fit a screen
 UNUSABLE_FOLDER = "unusable"
-
-
-class UnsafeName(ValueError):
-    """A class name that cannot be a folder in the store (it would escape or nest)."""
-
-
-def folder_name(category: str) -> str:
-    if not category or "/" in category or "\\" in category or category.startswith("."):
-        raise UnsafeName(f"{category!r} cannot name a folder")
-    return category
 
 
 def shown(row: Result) -> bool:
@@ -78,13 +68,14 @@ class Photos:
         return make_thumbnail(self.original(row), WHOLE)
 
     def current_key(self, row: Result) -> str:
-        """Where the photo is now: where the night (or a decision) routed it; the inbox while routing is
-        off or has not happened yet; review/ for rows from before the routing state (revision 0003)."""
+        """Where the photo is now: where the night (or a decision) routed it; while a move is due, where it
+        starts (a decision's move out of review/ the page could not make, else the inbox); the inbox while
+        routing is off; review/ for rows from before the routing state (revision 0003)."""
         if row.routed_at is not None:
             return row.route_to
         if row.route_to is None and self.route != "none":
             return self.review_key(row)
-        return row.object_key
+        return move_source(row)
 
     def original(self, row: Result) -> bytes:
         """The photo itself, wherever routing has put it by now; ObjectTooLarge (read_image) before reading
@@ -103,11 +94,13 @@ class Photos:
         """Where a decided item's photo goes (None: routing is off)."""
         return None if self.route == "none" else self.decided_key(row, final_category)
 
-    def route_decision(self, before: Result, destination: str) -> None:
-        """Move the photo from where it was before the decision to `destination`: out of review/,
-        or (its nightly routing failed) from the inbox, copied or moved as the night routes."""
-        source = self.current_key(before)
-        route_object(self.store, source, destination, move=source != before.object_key or self.route == "move")
+    def route_decision(self, decided: Result, destination: str) -> str:
+        """Make the move a decision recorded (`decided`: its row as the decision's UPDATE returned it) to
+        `destination`: out of review/, or (its nightly routing failed) from the inbox, copied or moved as the
+        night routes. Returns where the photo came from."""
+        source = self.current_key(decided)
+        route_object(self.store, source, destination, move=source != decided.object_key or self.route == "move")
+        return source
 
     def put_back(self, decided: Result) -> str | None:
         """An undone decision: the photo goes back to review/ from wherever the decision put it; returns

@@ -26,7 +26,7 @@ def build(settings: Settings, review: ReviewSettings) -> Starlette:
     reviewers = Reviewers(Path(review.users_file) if review.users_file else None)
     store = open_store(settings.store)
     photos = Photos(store, settings.inbox_prefix, settings.route, review.thumbnails_prefix, settings.max_image_bytes)
-    engine = Ledger(settings.database_url).engine
+    engine = Ledger(settings.database_url, settings.upgrades_schema).engine
     app = ReviewApp(engine, photos, reviewers, review, settings.runs_prefix)
     return create_app(app, review.session_key(), bool(review.secure_cookies))
 

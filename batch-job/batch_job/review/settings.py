@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from batch_job.settings import add_env_arguments
+from batch_job.settings import add_env_arguments, folder_prefix
 
 ENV_PREFIX = "REFUND_REVIEW_"
 HELP = {
@@ -50,6 +50,9 @@ class ReviewSettings:
     page_size: int = 50
     secure_cookies: int = 0
     thumbnails_prefix: str = "thumbnails/"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thumbnails_prefix", folder_prefix(self.thumbnails_prefix))
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
