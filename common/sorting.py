@@ -90,30 +90,33 @@ class SortingRule:
         `route_levels` names the shallowest level allowed ("article": article types only). `article_threshold`
         replaces the article thresholds (an operator's override); the upper levels keep theirs."""
         for level in LEVELS[: LEVELS.index(route_levels) + 1]:
-            if level not in self.levels:
+            likeliest = self.likeliest(probabilities, level) if level in self.levels else None
+            if likeliest is None:
                 continue
-            sums = probabilities if level == "article" else self.group_probabilities(probabilities, level)
-            if not sums:
-                continue
-            best = max(sums, key=sums.__getitem__)
-            path = (best,) if level == "article" else best
-            threshold = self.levels[level].of(path)
+            threshold = self.levels[level].of(likeliest.path)
             if level == "article" and article_threshold is not None:
                 threshold = article_threshold
-            if sums[best] >= threshold:
-                return Sorted(level, path, sums[best])
+            if likeliest.probability >= threshold:
+                return likeliest
         return None
+
+    def likeliest(self, probabilities: dict[str, float], level: str) -> Sorted | None:
+        """The path at `level` with the highest (summed) probability, whatever its threshold; None where the
+        tree does not reach that level."""
+        if level == "article":
+            sums = {(category,): probability for category, probability in probabilities.items()}
+        else:
+            sums = self.group_probabilities(probabilities, level)
+        if not sums:
+            return None
+        best = max(sums, key=sums.__getitem__)
+        return Sorted(level, best, sums[best])
 
     def likeliest_group(self, probabilities: dict[str, float]) -> Sorted | None:
         """The upper-level group with the highest summed probability, at the deepest level the tree names
         (the subcategory, else the master category), whatever its threshold: where an item left to a person
         most likely belongs. None where the rule has no tree."""
-        for level in LEVELS[1:]:
-            sums = self.group_probabilities(probabilities, level)
-            if sums:
-                best = max(sums, key=sums.__getitem__)
-                return Sorted(level, best, sums[best])
-        return None
+        return next(filter(None, (self.likeliest(probabilities, level) for level in LEVELS[1:])), None)
 
     def to_dict(self) -> dict:
         return {"levels": {level: value.to_dict() for level, value in self.levels.items()}, "tree": self.tree}

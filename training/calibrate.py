@@ -21,7 +21,6 @@ recorded in both.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 from collections import Counter
@@ -34,8 +33,8 @@ from common.classes import load_classes
 from common.sorting import SortingRule
 from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, PresetConfig
-from training.catalog import EXTRA_ID, PreparedSource
-from training.dataset import EncodedImages
+from training.catalog import PreparedSource
+from training.dataset import EncodedImages, load_split
 from training.evaluate import predict_logits, record_photos, split_items
 from training.metrics import auto_sort_report
 from training.model_card import rewrite_model_card
@@ -79,18 +78,8 @@ def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tenso
 
 def validation_items(prepared: Path, classes: list[str], reviewed_returns: bool) -> list[tuple[bytes, int]]:
     """The validation split's reviewed returns (--extra photos), or its catalogue photos."""
-    dataset = json.loads((prepared / "dataset.json").read_text())
-    index_of = {name: index for index, name in enumerate(classes)}
-    source = PreparedSource(dataset)
-    items = []
-    with (prepared / "manifest.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        if row["split"] == "val" and bool(EXTRA_ID.match(row["id"])) == reviewed_returns:
-            data = source.read(row["id"])
-            if data is not None:
-                items.append((data, index_of[row["label"]]))
-    return items
+    source = PreparedSource(json.loads((prepared / "dataset.json").read_text()))
+    return load_split(prepared, "val", classes, source, None, reviewed_returns)
 
 
 def choose_source(requested: str, returns: list[tuple[bytes, int]], classes: list[str], minimum: int) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from training.catalog import PreparedSource
+from training.catalog import EXTRA_ID, PreparedSource
 
 
 class EncodedImages(Dataset):
@@ -39,15 +39,23 @@ def split_class_counts(prepared: Path, split: str, classes: list[str]) -> list[i
 
 
 def load_split(
-    prepared: Path, split: str, classes: list[str], source: PreparedSource, max_per_class: int | None
+    prepared: Path,
+    split: str,
+    classes: list[str],
+    source: PreparedSource,
+    max_per_class: int | None,
+    reviewed_returns: bool | None = None,
 ) -> list[tuple[bytes, int]]:
-    """The split's images as bytes; at most `max_per_class` per class (manifest order is stable)."""
+    """The split's images as bytes; at most `max_per_class` per class (manifest order is stable).
+    `reviewed_returns`: only the --extra photos (True), only the catalogue's (False), or both (None)."""
     index_of = {name: i for i, name in enumerate(classes)}
     taken: dict[str, int] = defaultdict(int)
     items = []
     with (prepared / "manifest.csv").open(newline="") as handle:
         for row in csv.DictReader(handle):
             if row["split"] != split or (max_per_class and taken[row["label"]] >= max_per_class):
+                continue
+            if reviewed_returns is not None and bool(EXTRA_ID.match(row["id"])) != reviewed_returns:
                 continue
             data = source.read(row["id"])
             if data is not None:  # prepare already verified it; a file removed since is skipped

@@ -11,12 +11,12 @@ promotion gate refuses a candidate that is worse on them than production.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 from common.classes import load_classes
-from training.catalog import EXTRA_ID, PreparedSource
+from training.catalog import PreparedSource
+from training.dataset import load_split
 from training.evaluate import predict, shipped_sorting
 from training.metrics import auto_sort_report
 from training.model_card import rewrite_model_card
@@ -28,16 +28,7 @@ def returns_items(model_dir: Path, prepared: Path) -> list[tuple[bytes, int]]:
     classes = load_classes(model_dir / "index_to_name.json")
     if dataset["classes"] != classes:
         raise ValueError(f"{model_dir} was trained on other classes than {prepared} holds: not comparable")
-    index_of = {name: index for index, name in enumerate(classes)}
-    source = PreparedSource(dataset)
-    items = []
-    with (prepared / "manifest.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["split"] == "test" and EXTRA_ID.match(row["id"]):
-                data = source.read(row["id"])
-                if data is not None:
-                    items.append((data, index_of[row["label"]]))
-    return items
+    return load_split(prepared, "test", classes, PreparedSource(dataset), None, reviewed_returns=True)
 
 
 def score_returns(model_dir: Path, prepared: Path) -> dict | None:
