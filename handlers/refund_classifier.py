@@ -21,8 +21,8 @@ from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
 from common.classes import load_classes
-from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, InvalidImageError, PresetConfig
+from handlers.runtime import load_runner
 
 logger = logging.getLogger(__name__)
 
@@ -125,20 +125,23 @@ class RefundClassifier(BaseHandler):
         self.manifest = context.manifest
         meta = json.loads((model_dir / "model.json").read_text())
         self.classes = load_classes(model_dir / "index_to_name.json")
-        self.temperature = float(meta.get("temperature", 1.0))
         self.review_threshold = meta.get("review_threshold")
         self.sorting = meta.get("sorting")
         self.class_prior = meta.get("class_prior", {})
         self.preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
 
         self.device = torch.device("cpu")
-        self.model = load_model(model_dir, self.manifest["model"]["serializedFile"])
+        loaded = load_runner(model_dir, threads, self.manifest["model"]["serializedFile"])
+        # BaseHandler.inference calls self.model(batch): a runner is called the same way, whatever runs it.
+        self.model, self.temperature, self.runtime = loaded.runner, loaded.temperature, loaded.description
         self.model_info = {
             "name": self.manifest["model"]["modelName"],
             "version": self.manifest["model"].get("modelVersion", ""),
         }
         self.initialized = True
-        logger.info("loaded %s with %d classes, %d torch threads", self.model_info, len(self.classes), threads)
+        logger.info(
+            "loaded %s with %d classes on %s, %d threads", self.model_info, len(self.classes), self.runtime, threads
+        )
 
     def preprocess(self, data: list[dict]) -> tuple[torch.Tensor | None, list[Slots]]:
         """Decode every image; a bad one is remembered in its slot instead of raising."""
@@ -168,7 +171,7 @@ class RefundClassifier(BaseHandler):
         self.context.metrics.add_time(
             "PreprocessTimePerImage", 1000 * (time.perf_counter() - started) / max(1, len(tensors))
         )
-        batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last) if tensors else None
+        batch = torch.stack(tensors) if tensors else None  # the runner lays it out as its runtime wants
         return batch, requests
 
     def answer(self, probabilities: list[float]) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from batch_job import migrate
+from batch_job.ledger import migrate
 from batch_job.settings import Settings
 from sqlalchemy import create_engine
 
@@ -63,7 +63,8 @@ def trained_model(prepared, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_store(trained_model, tmp_path_factory) -> Path:
+def model_store(trained_model, prepared, tmp_path_factory) -> Path:
+    """The tiny model's .mar as `refund-train archive` makes it: with the int8 runtime model exported."""
     store = tmp_path_factory.mktemp("model-store")
     archive.archive(
         trained_model,
@@ -71,6 +72,7 @@ def model_store(trained_model, tmp_path_factory) -> Path:
         "refund-classifier",
         archive.HANDLERS / "model-config.yaml",
         tmp_path_factory.mktemp("mar-build"),
+        prepared,
     )
     return store
 

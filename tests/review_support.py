@@ -14,13 +14,15 @@ from pathlib import Path
 
 import obstore
 import uvicorn
-from batch_job import job
-from batch_job.ledger import NEEDS_REVIEW, Ledger, Outcome, mark_routed
+from batch_job.ledger.results import Ledger, Verdict
+from batch_job.ledger.routing import mark_routed
+from batch_job.ledger.schema import NEEDS_REVIEW
+from batch_job.night import classify
+from batch_job.photos.objects import route_object
 from batch_job.review.auth import hash_line
 from batch_job.review.serve import build, server_options
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
-from batch_job.store import route_object
 from prometheus_client import start_http_server
 
 from common.objectstore import list_objects, open_store
@@ -35,7 +37,7 @@ PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
 class Doubtful:
     name: str  # file name inside the inbox's date partition
     top3: list[tuple[str, float]]
-    offered: dict | None = None  # the upper-level group the night offers first (job.offered)
+    offered: dict | None = None  # the upper-level group the night offers first (classify.offered)
 
 
 def guesses(index: int) -> list[tuple[str, float]]:
@@ -60,7 +62,7 @@ def seed_night(
     store, ledger = open_store(settings.store), Ledger(settings.database_url)
     day = night.date().isoformat()
     run_id = f"{night:%Y%m%dT%H%M%S%f}Z-s0"
-    ledger.start_run(run_id, "0/1", "v1", full_listing=True)
+    ledger.start_run(run_id, "0/1", "v1", CLASSES)
     for index, item in enumerate(items):
         category = item.top3[0][0] if item.top3[0][0] in SHAPES else "Discs"
         obstore.put(store, f"inbox/{day}/{item.name}", encode(product_image(category, index, size=photo_size)))
@@ -75,7 +77,7 @@ def seed_night(
     for row in rows:
         item = by_name[row.object_key.rsplit("/", 1)[1]]
         top3 = item.top3
-        outcome = Outcome(
+        outcome = Verdict(
             NEEDS_REVIEW,
             offered=item.offered,
             category=top3[0][0],
@@ -84,7 +86,7 @@ def seed_night(
             model_name="refund-classifier",
             model_version="v1",
         )
-        results.append((row, replace(outcome, route_to=job.destination(settings, row.object_key, outcome))))
+        results.append((row, replace(outcome, route_to=classify.destination(settings, row.object_key, outcome))))
     ledger.record(results, run_id, max_attempts=3)
     for row, outcome in results:
         if outcome.route_to and row.object_key.rsplit("/", 1)[1] not in routing_failed:

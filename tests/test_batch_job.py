@@ -20,10 +20,12 @@ from pathlib import Path
 import httpx
 import obstore
 import pytest
-from batch_job import job
 from batch_job.__main__ import main
-from batch_job.ledger import DEAD, FAILED, FINAL, NEEDS_REVIEW, OK, PENDING, Ledger, Outcome
-from batch_job.night import nightly
+from batch_job.ledger.results import Ledger, Verdict
+from batch_job.ledger.schema import DEAD, FAILED, FINAL, NEEDS_REVIEW, OK, PENDING
+from batch_job.night.listing import shard_of
+from batch_job.night.nightly import nightly
+from batch_job.night.stats import RunStats
 from batch_job.settings import Settings
 
 from common.objectstore import StoredObject, open_store
@@ -52,7 +54,7 @@ def put_photos(settings: Settings, count: int, day: str = DAY, corrupt: bool = T
     return keys
 
 
-def run_once(settings: Settings) -> job.RunStats:
+def run_once(settings: Settings) -> RunStats:
     return nightly(settings).stats
 
 
@@ -192,7 +194,7 @@ def test_failed_server_attempts_are_dead_lettered(tmp_path):
     for attempt in range(1, 4):
         (row,) = ledger.claim([row_id for row_id, _ in ledger.claimable()], f"run{attempt}", timedelta(minutes=5))
         ledger.record(
-            [(row, Outcome(PENDING, error="TorchServe answered 503", counts_as_attempt=True))], f"run{attempt}", 3
+            [(row, Verdict(PENDING, error="TorchServe answered 503", counts_as_attempt=True))], f"run{attempt}", 3
         )
     (row,) = ledger.results()
     assert row.status == DEAD and row.attempts == 3 and "gave up after 3 attempts" in row.error
@@ -204,7 +206,7 @@ def test_unreachable_server_never_dead_letters(tmp_path):
     ledger.register([StoredObject("inbox/y.jpg", 1, datetime(2026, 11, 23, tzinfo=UTC), None)])
     for attempt in range(5):
         (row,) = ledger.claim([i for i, _ in ledger.claimable()], f"r{attempt}", timedelta(minutes=5))
-        ledger.record([(row, Outcome(PENDING, error="TorchServe unreachable"))], f"r{attempt}", 3)
+        ledger.record([(row, Verdict(PENDING, error="TorchServe unreachable"))], f"r{attempt}", 3)
     (row,) = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}").results()
     assert row.status == PENDING and row.attempts == 0  # five claims, no failure the image caused
 
@@ -278,7 +280,7 @@ def test_shards_split_the_work_between_processes(backend, torchserve):
     rows = Ledger(settings.database_url).results()
     assert sorted(row.object_key for row in rows) == sorted(keys)
     for row in rows:
-        assert row.attempts == 1 and row.run_id.endswith(f"-s{job.shard_of(row.object_key, 3)}")
+        assert row.attempts == 1 and row.run_id.endswith(f"-s{shard_of(row.object_key, 3)}")
     assert len({row.run_id for row in rows}) == 3
 
 
@@ -353,8 +355,8 @@ def test_report_prints_accuracy_against_labels(backend, torchserve, tmp_path, ca
 
 
 def test_stable_shard_hash():
-    assert job.shard_of("inbox/2026-11-23/500.jpg", 4) == job.shard_of("inbox/2026-11-23/500.jpg", 4)
-    spread = Counter(job.shard_of(f"inbox/{date(2026, 11, 23)}/{i}.jpg", 4) for i in range(4000))
+    assert shard_of("inbox/2026-11-23/500.jpg", 4) == shard_of("inbox/2026-11-23/500.jpg", 4)
+    spread = Counter(shard_of(f"inbox/{date(2026, 11, 23)}/{i}.jpg", 4) for i in range(4000))
     assert set(spread) == {0, 1, 2, 3} and min(spread.values()) > 900
 
 

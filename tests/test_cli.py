@@ -88,7 +88,15 @@ def test_refund_train_help_lists_its_commands_and_the_registry_its_own(capsys):
 def test_refund_train_archive_writes_to_out_like_every_command(capsys):
     text = help_of(train_main, ["archive"], capsys)
     assert text.startswith("usage: refund-train archive ")
-    assert listed_flags(text) == {"--model", "--out", "--name", "--config-file", "--build-dir"}
+    assert listed_flags(text) == {
+        "--model",
+        "--out",
+        "--name",
+        "--config-file",
+        "--prepared",
+        "--pytorch",
+        "--build-dir",
+    }
 
 
 def test_refund_serve_help_lists_start_and_stop(capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from batch_job.report import read_labels
+from batch_job.commands.report import read_labels
 
 from common.classes import load_classes
 

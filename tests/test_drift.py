@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from batch_job.drift import drift_report, images_to_tell
+from batch_job.night.drift import drift_report, images_to_tell
 
 CATEGORIES = [f"category-{i}" for i in range(40)]
 PRIOR = {name: 1 / len(CATEGORIES) for name in CATEGORIES}

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import obstore
 import pytest
-from batch_job import job
 from batch_job.__main__ import main
-from batch_job.client import TorchServeClient
-from batch_job.ledger import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING, Ledger, Outcome
+from batch_job.ledger.results import Ledger, Verdict
+from batch_job.ledger.schema import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING
+from batch_job.night import classify
+from batch_job.night.client import TorchServeClient
 from batch_job.settings import Settings
 from obstore.store import S3Store
 from sqlalchemy import text
@@ -338,7 +339,7 @@ def test_an_object_bigger_when_read_than_when_listed_fails_with_its_size(s3_env,
     client = TorchServeClient("http://127.0.0.1:9", "refund-classifier", 1, 1.0, 0)  # nothing listens: never asked
     settings = local_settings(tmp_path, "http://127.0.0.1:9", max_image_bytes=1_000_000)
     with s3_proxy(s3_env) as proxy:
-        outcome = job.process(
+        outcome = classify.process(
             replace(s3_env, endpoint=proxy.endpoint).store(), client, settings, SortingRule.single(0.5), row
         )
     client.close()
@@ -481,7 +482,7 @@ def test_a_result_whose_lease_was_taken_over_is_not_committed_nor_routed(tmp_pat
     ledger.register([StoredObject("inbox/a.jpg", 1, datetime(2026, 11, 23, tzinfo=UTC), "e")])
     (slow,) = ledger.claim([i for i, _ in ledger.claimable()], "slow-run", timedelta(seconds=-1))  # lease over
     (fast,) = ledger.claim([i for i, _ in ledger.claimable()], "fast-run", timedelta(minutes=5))
-    answer = Outcome(OK, category="Discs", probability=0.9, counts_as_attempt=True, route_to="sorted/Discs/a.jpg")
+    answer = Verdict(OK, category="Discs", probability=0.9, counts_as_attempt=True, route_to="sorted/Discs/a.jpg")
     assert ledger.record([(slow, answer)], "slow-run", 3) == []  # nothing to route
     assert ledger.unrouted() == []
     assert [row.id for row in ledger.record([(fast, answer)], "fast-run", 3)] == [fast.id]
@@ -504,7 +505,9 @@ def test_a_store_that_fails_reading_leaves_the_image_pending_without_an_attempt(
     ledger.register([StoredObject(f"inbox/{DAY}/1.jpg", 10, datetime(2026, 11, 23, tzinfo=UTC), "e")])
     (row,) = ledger.claim([i for i, _ in ledger.claimable()], "night", timedelta(minutes=5))
     client = TorchServeClient("http://127.0.0.1:9", "refund-classifier", 1, 1.0, 0)
-    outcome = job.process(store, client, local_settings(tmp_path, "http://127.0.0.1:9"), SortingRule.single(0.5), row)
+    outcome = classify.process(
+        store, client, local_settings(tmp_path, "http://127.0.0.1:9"), SortingRule.single(0.5), row
+    )
     client.close()
     assert outcome.status == PENDING and outcome.error.startswith("could not read from store")
     ledger.record([(row, outcome)], "night", max_attempts=1)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from batch_job.ledger import Ledger
+from batch_job.ledger.results import Ledger
 from sqlalchemy import Engine, event, text
 
 from common.objectstore import StoredObject

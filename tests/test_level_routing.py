@@ -12,9 +12,10 @@ from pathlib import Path
 
 import obstore
 import pytest
-from batch_job.client import Prediction, TorchServeClient
-from batch_job.ledger import NEEDS_REVIEW, OK, Ledger
-from batch_job.night import nightly
+from batch_job.ledger.results import Ledger
+from batch_job.ledger.schema import NEEDS_REVIEW, OK
+from batch_job.night.client import Prediction, TorchServeClient
+from batch_job.night.nightly import nightly
 from batch_job.settings import Settings
 
 from common.objectstore import open_store

@@ -10,10 +10,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from batch_job import job
-from batch_job.client import TorchServeClient
-from batch_job.ledger import FINAL, Ledger
-from batch_job.night import nightly
+from batch_job.ledger.results import Ledger
+from batch_job.ledger.schema import FINAL
+from batch_job.night import job
+from batch_job.night.client import TorchServeClient
+from batch_job.night.nightly import nightly
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from sqlalchemy import text

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from batch_job import migrate
-from batch_job.ledger import FAILED, NEEDS_REVIEW, OK, PENDING, REVIEWED, Ledger, Outcome, move_source
-from batch_job.report import level_of
+from batch_job.ledger import migrate
+from batch_job.ledger.results import Ledger, Verdict
+from batch_job.ledger.routing import move_source
+from batch_job.ledger.schema import FAILED, NEEDS_REVIEW, OK, PENDING, REVIEWED
+from batch_job.night.summary import level_of
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
@@ -311,8 +313,8 @@ def test_revision_0008_adds_the_sort_level_and_old_results_stay_sorted_as_their_
     claimed = ledger.claim([row_id for row_id, _ in ledger.claimable()], "night-2", timedelta(minutes=5))
     offered = {"level": "sub", "path": ["Footwear", "Shoes"], "probability": 0.9, "categories": ["Casual Shoes"]}
     outcomes = {
-        "inbox/c.jpg": Outcome(OK, category="Casual Shoes", sort_level="sub", sort_path=("Footwear", "Shoes")),
-        "inbox/d.jpg": Outcome(NEEDS_REVIEW, category="Casual Shoes", offered=offered),
+        "inbox/c.jpg": Verdict(OK, category="Casual Shoes", sort_level="sub", sort_path=("Footwear", "Shoes")),
+        "inbox/d.jpg": Verdict(NEEDS_REVIEW, category="Casual Shoes", offered=offered),
     }
     ledger.record([(row, outcomes[row.object_key]) for row in claimed], "night-2", 3)
     rows = {row.object_key: row for row in ledger.results()}
@@ -326,4 +328,61 @@ def test_revision_0008_adds_the_sort_level_and_old_results_stay_sorted_as_their_
         columns = {column["name"] for column in inspect(connection).get_columns("results")}
         assert not columns & {"sort_level", "sorted_as", "offered"}
         assert connection.execute(text("SELECT count(*) FROM results")).scalar() == 4
+    engine.dispose()
+
+
+def test_revision_0009_lists_the_classes_results_hold_and_drops_full_listing(database_url):
+    """A store at 0008 with answered, pending and decided results and a run that listed every partition: upgraded,
+    the page's classes are the categories the results hold, a night adds its model's classes once (two runs
+    adding the same ones included), and runs keep their rows without full_listing; downgraded again, the table
+    goes, the column is back and the rows stay."""
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        command.upgrade(migrate.alembic_config(connection), "0008")
+        for name, status, category in (("a", "ok", "Discs"), ("b", "needs_review", "Rings"), ("c", "pending", None)):
+            connection.execute(
+                text(
+                    "INSERT INTO results (object_key, identity, model_version, size, last_modified, status,"
+                    " category, attempts, created_at) VALUES (:key, 'e1', 'v1', 10, :moment, :status, :category, 1,"
+                    " :moment)"
+                ),
+                {
+                    "key": f"inbox/{name}.jpg",
+                    "moment": datetime(2026, 12, 5, 2, 0, tzinfo=UTC),
+                    "status": status,
+                    "category": category,
+                },
+            )
+        connection.execute(
+            text(
+                "INSERT INTO runs (run_id, shard, model_version, started_at, full_listing)"
+                " VALUES ('night-1', '0/1', 'v1', :moment, :listed)"
+            ),
+            {"moment": datetime(2026, 12, 5, 2, 0, tzinfo=UTC), "listed": True},
+        )
+    engine.dispose()
+
+    ledger = Ledger(database_url)
+
+    assert revision_of(database_url) == head()
+
+    def categories() -> list[str]:
+        with ledger.engine.connect() as connection:
+            return list(connection.scalars(text("SELECT name FROM categories ORDER BY name")))
+
+    assert categories() == ["Discs", "Rings"]
+    ledger.start_run("night-2-s0", "0/2", "v2", ["Boxes", "Discs"])
+    ledger.start_run("night-2-s1", "1/2", "v2", ["Discs", "Boxes"])
+    assert categories() == ["Boxes", "Discs", "Rings"]
+    with ledger.engine.connect() as connection:
+        assert "full_listing" not in {column["name"] for column in inspect(connection).get_columns("runs")}
+        assert connection.execute(text("SELECT count(*) FROM runs")).scalar() == 3
+    ledger.engine.dispose()
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        command.downgrade(migrate.alembic_config(connection), "0008")
+        assert not inspect(connection).has_table("categories")
+        assert "full_listing" in {column["name"] for column in inspect(connection).get_columns("runs")}
+        assert connection.execute(text("SELECT count(*) FROM runs")).scalar() == 3
+        assert connection.execute(text("SELECT count(*) FROM results")).scalar() == 3
     engine.dispose()

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from batch_job.ledger import DEAD, PENDING, STATUSES, Ledger, Outcome, Run, aware
-from batch_job.night import nightly
+from batch_job.ledger.results import Ledger, Verdict
+from batch_job.ledger.schema import DEAD, PENDING, STATUSES, Run, aware
+from batch_job.night.nightly import nightly
 from batch_job.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
@@ -115,7 +116,7 @@ def leave_one_pending_and_one_dead(ledger: Ledger) -> None:
     ledger.register(StoredObject(f"inbox/later/{name}.jpg", 100, now, f"etag-{name}") for name in ("a", "b"))
     (first_id, _), *_ = ledger.claimable()
     (row,) = ledger.claim([first_id], "test-dead-letter", timedelta(minutes=1))
-    ledger.record([(row, Outcome(PENDING, error="500 from TorchServe", counts_as_attempt=True))], "test-dead-letter", 1)
+    ledger.record([(row, Verdict(PENDING, error="500 from TorchServe", counts_as_attempt=True))], "test-dead-letter", 1)
 
 
 def test_the_metrics_port_exposes_the_last_finished_night_as_stored(backend, torchserve, tmp_path):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import obstore
 import pytest
-from batch_job.ledger import FAILED, NEEDS_REVIEW, OK, PENDING, Ledger, Outcome
+from batch_job.ledger.results import Ledger, Verdict
+from batch_job.ledger.schema import FAILED, NEEDS_REVIEW, OK, PENDING
 from batch_job.settings import Settings
 from sqlalchemy import create_engine, text
 
@@ -99,7 +100,7 @@ REGISTER = textwrap.dedent(
     """
     import sys
     from datetime import UTC, datetime
-    from batch_job.ledger import Ledger
+    from batch_job.ledger.results import Ledger
     from common.objectstore import StoredObject
     url, count = sys.argv[1], int(sys.argv[2])
     ledger = Ledger(url)
@@ -186,7 +187,7 @@ def test_an_answer_whose_route_is_longer_than_1024_characters_commits_with_its_b
     answers = [
         (
             row,
-            Outcome(
+            Verdict(
                 OK,
                 category="Discs",
                 probability=0.9,

@@ -27,25 +27,30 @@ import httpx
 import obstore
 import pytest
 from alembic import command
-from batch_job import html_report, job, migrate
 from batch_job.__main__ import main
-from batch_job.client import ServedModel
-from batch_job.job import RunStats
-from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Ledger, Result, mark_routed
+from batch_job.ledger import migrate
+from batch_job.ledger.decided import review_stats
+from batch_job.ledger.results import Ledger
+from batch_job.ledger.routing import mark_routed
+from batch_job.ledger.schema import NEEDS_REVIEW, REVIEWED, UNUSABLE, Result
 from batch_job.logs import JsonFormatter
+from batch_job.night import html_report, job
+from batch_job.night.client import ServedModel
+from batch_job.night.nightly import nightly
+from batch_job.night.stats import RunStats
+from batch_job.night.summary import summarize
+from batch_job.photos.located import Photos
+from batch_job.photos.objects import route_object
 from batch_job.review import decisions
 from batch_job.review.auth import Reviewers, hash_line
-from batch_job.review.decisions import review_stats
-from batch_job.review.photos import Photos
 from batch_job.review.serve import build
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
-from batch_job.store import route_object
-from batch_job.summary import summarize
 from sqlalchemy import create_engine, inspect, text
 
 from common.objectstore import list_objects, open_store, put_object, read_object
 from common.sorting import SortingRule
+from tests.images import encode, product_image
 from tests.ports import free_port
 from tests.review_support import (
     CLASSES,
@@ -58,6 +63,7 @@ from tests.review_support import (
     users_file,
     utc,
 )
+from tests.test_exactly_once import fake_torchserve, prediction
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 ITEM = re.compile(r'data-item="(\d+)"')
@@ -252,6 +258,30 @@ def test_unknown_and_unsafe_class_names_are_refused(settings, tmp_path):
     [row] = Ledger(settings.database_url).results()
     assert row.status == NEEDS_REVIEW
     assert keys(settings, "review/") == ["review/2026-12-01/a.jpg"]
+
+
+def test_without_a_classes_file_the_page_offers_every_class_of_the_served_model_one_without_results_too(
+    settings, tmp_path
+):
+    """The page's classes are those of the model the night was served by (recorded at the run's start), not the
+    categories its answers happened to name: a reviewer may sort an item into a class no photo was classified as."""
+    store = open_store(settings.store)
+    for name in ("a.jpg", "b.jpg"):
+        put_object(store, f"inbox/2026-12-01/{name}", encode(product_image("Discs", 0)))
+    with fake_torchserve(lambda n, image: (200, prediction("v1", "Discs", 0.3))) as url:  # it serves Boxes, Discs
+        nightly(replace(settings, torchserve_url=url, retries=0, concurrency=1))
+    assert {row.category for row in Ledger(settings.database_url).results()} == {"Discs"}
+    with review_app(settings, ReviewSettings(users_file=str(users_file(tmp_path)))) as app:  # no --classes
+        client, token = logged_in(app.url, "alice")
+        queue = client.get("/").text
+        datalist = queue.split('<datalist id="classes">')[1].split("</datalist>")[0]
+        offered = re.findall(r'<option value="([^"]*)">', datalist)
+        item = ITEM.search(queue).group(1)
+        boxes = client.post(f"/decide/{item}", data={"final": "Boxes", "csrf": token}, headers={"x-review-fetch": "1"})
+    assert offered == ["Boxes", "Discs"]
+    assert boxes.status_code == 200
+    decided = {row.id: row.final_category for row in Ledger(settings.database_url).results()}
+    assert decided[int(item)] == "Boxes"
 
 
 def test_two_reviewers_deciding_at_once_one_wins_the_other_is_told_nothing_moves_twice(settings, review):

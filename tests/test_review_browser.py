@@ -10,7 +10,8 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from batch_job.ledger import NEEDS_REVIEW, REVIEWED, Ledger
+from batch_job.ledger.results import Ledger
+from batch_job.ledger.schema import NEEDS_REVIEW, REVIEWED
 from batch_job.review import decisions
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from batch_job.__main__ import main as batch_main
-from batch_job.ledger import Ledger
+from batch_job.ledger.results import Ledger
 from batch_job.review.decisions import decide
 from batch_job.settings import Settings
 

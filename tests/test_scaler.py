@@ -17,8 +17,9 @@ from pathlib import Path
 import kmock as kmock_lib
 import pytest
 from batch_job.__main__ import main
-from batch_job.ledger import NEEDS_REVIEW, OK, Ledger
-from batch_job.scaler import DeploymentNotFound, ScaleError, load_api, scale_down, scale_up, serving_scaled
+from batch_job.ledger.results import Ledger
+from batch_job.ledger.schema import NEEDS_REVIEW, OK
+from batch_job.night.scaler import DeploymentNotFound, ScaleError, load_api, scale_down, scale_up, serving_scaled
 from kubernetes import client
 
 from tests.images import encode, product_image
@@ -212,7 +213,7 @@ async def test_sigterm_still_scales_back_down(kmock: kmock_lib.KubernetesEmulato
     job = (
         "import sys, time\n"
         "from kubernetes import client\n"
-        "from batch_job.scaler import serving_scaled\n"
+        "from batch_job.night.scaler import serving_scaled\n"
         "from tests.test_scaler import Scale\n"
         "api = client.AppsV1Api(client.ApiClient(client.Configuration(host=sys.argv[1])))\n"
         "with serving_scaled(Scale(), api, poll_s=0.05):\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from batch_job import migrate
+from batch_job.ledger import migrate
 from sqlalchemy import create_engine
 
 from tests.ports import free_port

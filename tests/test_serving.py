@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, PresetConfig
+from handlers.runtime import load_runner
 from handlers.serve import worker_pids
 from tests.images import encode, product_image
 
@@ -48,13 +48,14 @@ def test_image_bytes_in_probabilities_out(torchserve, classes, trained_model, fm
 
 
 def test_served_probabilities_equal_in_process_evaluation(torchserve, trained_model, classes):
-    """No train/serve skew: TorchServe answers what the evaluation code computes."""
+    """No train/serve skew: TorchServe answers what the evaluation code computes with the runtime the
+    .mar carries (the int8 model archive exported, and its temperature)."""
     meta = json.loads((trained_model / "model.json").read_text())
-    model = load_model(trained_model)
+    loaded = load_runner(trained_model, threads=1)
+    assert loaded.description == "onnxruntime int8"
     preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
     photo = encode(product_image("Wedges", 102, size=(600, 800)), "JPEG")
-    with torch.inference_mode():
-        expected = torch.softmax(model(preset(photo)[None]) / meta["temperature"], dim=1)[0]
+    expected = torch.softmax(loaded.runner(preset(photo)[None]) / loaded.temperature, dim=1)[0]
     served = predict(torchserve, photo, "image/jpeg").json()["probabilities"]
     for index, name in enumerate(classes):
         assert abs(served[name] - expected[index].item()) < 1e-4

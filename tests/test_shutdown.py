@@ -8,7 +8,8 @@ import threading
 import time
 
 import pytest
-from batch_job.ledger import FINAL, PENDING, Ledger, Result
+from batch_job.ledger.results import Ledger
+from batch_job.ledger.schema import FINAL, PENDING, Result
 from sqlalchemy import select
 
 from tests.test_batch_job import cli, put_photos, wait_for_results

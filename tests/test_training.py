@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from batch_job.drift import drift_report
+from batch_job.night.drift import drift_report
 
 from common.styles import read_styles
 from tests.conftest import LEARNED, TINY_EPOCHS

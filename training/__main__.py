@@ -23,7 +23,7 @@ COMMANDS = {
     "registry": ("training.registry", "publish, promote, roll back, fetch and list models in the registry"),
 }
 # What the train extra brings that these commands import (the rest is in the base install).
-TRAIN_MODULES = ("torch", "torchvision", "model_archiver", "matplotlib")
+TRAIN_MODULES = ("torch", "torchvision", "model_archiver", "matplotlib", "onnx", "onnxscript", "onnxruntime")
 
 
 def main(argv: list[str] | None = None) -> int:

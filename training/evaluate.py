@@ -21,6 +21,7 @@ from common.sorting import rule_of
 from common.styles import read_styles
 from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, InvalidImageError, PresetConfig, decode_image
+from handlers.runtime import Runner
 from training.catalog import ImageSource, PreparedSource
 from training.dataset import EncodedImages, load_split
 from training.metrics import classification_report
@@ -29,8 +30,10 @@ from training.thresholds import sorting_reports
 
 
 @torch.inference_mode()
-def predict_logits(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
+def predict_logits(model: torch.nn.Module | Runner, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every batch; `model` is a network or any runner of handlers/runtime.py."""
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     logits, targets = [], []
     for images, batch_targets in loader:
         logits.append(model(images.contiguous(memory_format=torch.channels_last)))

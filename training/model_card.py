@@ -50,6 +50,29 @@ def _returns_lines(metrics: dict) -> list[str]:
     ]
 
 
+def _runtime_lines(metrics: dict) -> list[str]:
+    """Which runtime serves the model and what it costs against PyTorch fp32 (training/export.py).
+    The figures above are PyTorch fp32's."""
+    if "runtime" not in metrics:
+        return ["- served by: PyTorch fp32 (no runtime model exported); every figure here is PyTorch fp32's"]
+    runtime = metrics["runtime"]
+    fp32, int8 = runtime["test"]["fp32"], runtime["test"]["int8"]
+    agreement = runtime["against_pytorch"]
+    temperature = runtime["temperature"]
+    served = f"{runtime['engine']} {runtime['precision']}" if runtime["shipped"] else "PyTorch fp32"
+    return [
+        f"- served by: **{served}**; the figures above are PyTorch fp32's. On the test split "
+        f"{runtime['engine']} {runtime['precision']} has accuracy {int8['accuracy']:.4f} "
+        f"(fp32 {fp32['accuracy']:.4f}), macro-F1 "
+        f"{int8['macro_f1']:.4f} (fp32 {fp32['macro_f1']:.4f}), the same top-1 for "
+        f"{agreement['top1_agreement']:.2%} of the images, probabilities at most "
+        f"{agreement['max_abs_probability_difference']:.3f} apart; its temperature "
+        f"{temperature['onnxruntime_int8']:.3f} (fp32 {temperature['pytorch_fp32']:.3f}) refitted on its own "
+        "logits; the shipped rule sorts "
+        f"{_sorted_text(int8['sorted'])} of test with it (fp32 {_sorted_text(fp32['sorted'])})"
+    ]
+
+
 def _sorted_text(report: dict) -> str:
     precision = report["sorted_precision"]
     return f"{report['sorted_share']:.1%}" + (f" at precision {precision:.3f}" if precision is not None else "")
@@ -130,6 +153,7 @@ def write_model_card(path: Path, dataset: dict, metrics: dict, meta: dict, histo
         f"{metrics['auto_sort']['target_precision']:.0%} precision): auto-sorts {auto['auto_sort_rate']:.1%} of test "
         f"at precision {auto['auto_sort_precision'] or 0:.3f}",
         f"- training time {metrics['training_seconds'] / 60:.1f} min on the CPU",
+        *_runtime_lines(metrics),
         *_photos_lines(metrics),
         *_returns_lines(metrics),
         *_sorting_lines(metrics, meta),

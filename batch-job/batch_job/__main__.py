@@ -16,16 +16,16 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from batch_job import migrate
-from batch_job.client import ServingUnavailable
-from batch_job.ingest import ingest
-from batch_job.ledger import Ledger
+from batch_job.commands import review_cli
+from batch_job.commands.ingest import ingest
+from batch_job.commands.report import accuracy_report, category_summary, read_labels
+from batch_job.ledger import migrate
+from batch_job.ledger.results import Ledger
 from batch_job.logs import configure
-from batch_job.night import nightly
-from batch_job.report import accuracy_report, category_summary, read_labels
-from batch_job.review import cli as review_cli
+from batch_job.night.client import ServingUnavailable
+from batch_job.night.nightly import nightly
+from batch_job.night.shutdown import Stopped, handling_sigterm
 from batch_job.settings import PHOTOS, RESULTS, Settings
-from batch_job.shutdown import Stopped, handling_sigterm
 from common.classes import load_classes
 from common.cli import add_command, add_version
 from common.objectstore import open_store

@@ -1,5 +1,7 @@
 # Serving speed and load tests; included by the Makefile (include tests/benchmarks/bench.mk).
-#   make bench                          in-process bound vs TorchServe vs a naive server, on $(SAMPLE)
+#   make bench                          in-process bounds (PyTorch fp32, the .mar's runtime) vs TorchServe vs a
+#                                       naive server, on $(SAMPLE); archive exports the int8 runtime model first
+#   make bench BENCH_SECONDS=4 BENCH_ARGS="--photos 16 --warmup 3 --rounds 1"   runs end to end in a few minutes
 #   make loadtest USERS=32 SECONDS=60   locust headless against the local TorchServe, reports in var/loadtest/
 # `make loadtest` uses the TorchServe of `make serve` when one answers on 127.0.0.1:8080-8082,
 # else starts one the same way (run dir var/serve) and stops it afterwards;

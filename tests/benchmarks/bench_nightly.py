@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -33,9 +32,11 @@ from unittest.mock import patch
 
 import httpx
 import obstore
-from batch_job import job
-from batch_job.ledger import Ledger
-from batch_job.night import nightly
+from batch_job.ledger.results import Ledger
+from batch_job.night import job
+from batch_job.night.listing import register_listing
+from batch_job.night.nightly import nightly
+from batch_job.night.stats import RunStats
 from batch_job.settings import Settings
 from sqlalchemy import text
 
@@ -49,6 +50,7 @@ TODAY = date(2026, 11, 23)
 DAYS = 365  # the earlier photos spread over a year of partitions
 CONCURRENCY = 32
 WRITERS = 64  # parallel writes filling the store
+FILL_BATCH = 10_000
 
 
 def old_key(i: int) -> str:
@@ -71,9 +73,17 @@ def fill(store, location: str, keys: range, backend: str) -> float:
             obstore.put(store, old_key(i), b"")
 
     with ThreadPoolExecutor(WRITERS) as pool:
-        for _ in pool.map(write, keys, chunksize=256):
-            pass
+        for start in range(keys.start, keys.stop, FILL_BATCH):  # map() submits all it is given: bounded batches
+            for _ in pool.map(write, range(start, min(start + FILL_BATCH, keys.stop))):
+                pass
     return time.monotonic() - started
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries it across fork and exec, so a
+    spawned child would report the parent's peak (the bench's, which grows with the store it fills)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def mark_done(ledger: Ledger) -> None:
@@ -85,9 +95,9 @@ def mark_done(ledger: Ledger) -> None:
 def listing_and_registration(settings: Settings) -> dict:
     """A night's listing and registration in this (fresh) process: its timings and this process's peak RSS."""
     ledger, store = Ledger(settings.database_url), open_store(settings.store)
-    stats = job.RunStats(job.new_run_id(0), "0/1", None, None)  # no model answers here: nothing is classified
+    stats = RunStats(job.new_run_id(0), "0/1", None, None)  # no model answers here: nothing is classified
     started = time.monotonic()
-    job.register_listing(store, settings, ledger, stats)
+    register_listing(store, settings, ledger, stats)
     todo = len(ledger.claimable())
     return {
         "listed": stats.listed,
@@ -96,7 +106,7 @@ def listing_and_registration(settings: Settings) -> dict:
         "listing_s": stats.listing_seconds,
         "registration_s": stats.registration_seconds,
         "total_s": time.monotonic() - started,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "errors": len(stats.listing_errors),
     }
 

@@ -2,11 +2,13 @@
 
 In one go, on the same photos, the same weights and the same preprocessing:
 
-a) in-process bound: one process, no HTTP, the handler's preset and channels_last model;
-   two ways to use the CPUs are swept over batch sizes and the fastest is the bound:
+a) in-process bound: one process, no HTTP, the handler's preset and network, once per runtime:
+   PyTorch fp32 (channels_last) and the runtime the .mar carries (handlers/runtime.py, e.g.
+   ONNX Runtime int8); for each, two ways to use the CPUs are swept over batch sizes and the
+   fastest is that runtime's bound (the served runtime's is the bound):
    "pool" (a batch decoded on one thread per CPU, then the model on all CPUs) and "lanes"
-   (one thread per CPU, each decoding its own batch and running the model on one torch
-   thread: TorchServe's workers x 1 thread, without processes or HTTP);
+   (one thread per CPU, each decoding its own batch and running the model on one thread:
+   TorchServe's workers x 1 thread, without processes or HTTP);
 b) served: TorchServe started from the .mar on free loopback ports, with enough clients in
    flight to fill every worker's batch twice over (workers x batchSize x 2 by default);
 c) naive baseline: a one-process HTTP server answering one request at a time (what
@@ -16,12 +18,13 @@ c) naive baseline: a one-process HTTP server answering one request at a time (wh
 Both servers are started and warmed up first; then a), b) and c) are measured in turns,
 `--rounds` times, so that a slow drift of the machine's speed (a shared host) hits all
 three alike. Prints img/s and p50/p95 latency for each (and the share of the CPUs other
-processes took meanwhile) and ends with one line `served/inprocess=<r> served/naive=<r>`
-(targets: >= 0.90 and >= 5). The clients are a lean asyncio HTTP/1.1 keep-alive load
+processes took meanwhile) and ends with one line `served/inprocess=<r> served/naive=<r>
+runtime/pytorch=<r>` (targets: >= 0.90 and >= 5; the last is the fast runtime's in-process
+speed-up over PyTorch fp32). The clients are a lean asyncio HTTP/1.1 keep-alive load
 generator, so that on a small machine they take as little CPU from the servers as they
 can. Everything listens on 127.0.0.1 only; every server started here is stopped on exit.
 
-    python -m tests.benchmarks.bench_serving [--sample DIR] [--seconds 30] [--rounds 3]
+    python -m tests.benchmarks.bench_serving [--sample DIR] [--seconds 30] [--rounds 3] [--photos N]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from common.classes import load_classes
 from handlers import serve
 from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, PresetConfig, decode_image, fit_to_input, to_tensor
+from handlers.runtime import Loaded, TorchRunner, load_runner
 from tests.ports import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +67,7 @@ SWEEP_SECONDS = 2.0  # per strategy and batch size, and at least one pass over t
 STRATEGIES = ("pool", "lanes")
 BUSY = 0.05  # share of the CPUs taken by other processes above which the figures are not trusted
 TARGETS = {"served/inprocess": 0.90, "served/naive": 5.0}
+PYTORCH = "pytorch fp32"
 
 
 @dataclass
@@ -92,7 +97,7 @@ class Result:
 
     def line(self) -> str:
         return (
-            f"{self.name:<20} {self.rate:7.1f} img/s   p50 {self.percentile(50):6.1f} ms   "
+            f"{self.name:<38} {self.rate:7.1f} img/s   p50 {self.percentile(50):6.1f} ms   "
             f"p95 {self.percentile(95):6.1f} ms   others used {100 * self.other_cpu:2.0f}% CPU   {self.note}"
         )
 
@@ -145,32 +150,48 @@ class OtherCpu:
 # --- a) in-process bound -------------------------------------------------------------
 
 
-class InProcess:
-    """The handler's work without TorchServe: preset + channels_last model + softmax, in one process."""
+def runtimes(model_dir: Path) -> dict[str, Callable[[int], Loaded]]:
+    """Each runtime to measure in-process, by name, as a runner for a thread count: PyTorch fp32 and,
+    where model.json names one, the runtime the handler runs (load_runner, as the .mar does)."""
+    meta = json.loads((model_dir / "model.json").read_text())
+    pytorch = Loaded(TorchRunner(load_model(model_dir)), float(meta.get("temperature", 1.0)), "pytorch fp32")
+    found = {pytorch.description: lambda threads: pytorch}  # torch's threads are the process's, set per strategy
+    if "runtime" in meta:
+        served = load_runner(model_dir, 1).description
+        found[served] = lambda threads: load_runner(model_dir, threads)
+    return found
 
-    def __init__(self, photos: list[bytes], model_dir: Path) -> None:
+
+class InProcess:
+    """The handler's work without TorchServe: preset + one runtime's network + softmax, in one process."""
+
+    def __init__(self, photos: list[bytes], model_dir: Path, runtime: str, runner: Callable[[int], Loaded]) -> None:
         meta = json.loads((model_dir / "model.json").read_text())
-        self.model = load_model(model_dir)
-        self.temperature = float(meta.get("temperature", 1.0))
+        self.runtime, self.make_runner, self.runners = runtime, runner, {}
         self.preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
         self.cpus = usable_cpus()
         self.photos = photos
         self.cycled = photos * (2 + max(BATCH_SIZES) // len(photos))
 
-    def run(self, batch: list[bytes], pool: ThreadPoolExecutor | None) -> float:
+    def loaded(self, threads: int) -> Loaded:
+        if threads not in self.runners:
+            self.runners[threads] = self.make_runner(threads)
+        return self.runners[threads]
+
+    def run(self, loaded: Loaded, batch: list[bytes], pool: ThreadPoolExecutor | None) -> float:
         started = time.perf_counter()
         tensors = list(pool.map(self.preset, batch)) if pool else [self.preset(photo) for photo in batch]
-        inputs = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            torch.softmax(self.model(inputs) / self.temperature, dim=1).tolist()
+        torch.softmax(loaded.runner(torch.stack(tensors)) / loaded.temperature, dim=1).tolist()
         return time.perf_counter() - started
 
     def measure(self, strategy: str, size: int, seconds: float, min_images: int = 0) -> Result:
         lanes = self.cpus if strategy == "lanes" else 1
-        torch.set_num_threads(1 if strategy == "lanes" else self.cpus)
+        threads = 1 if strategy == "lanes" else self.cpus
+        torch.set_num_threads(threads)
+        loaded = self.loaded(threads)
         with ThreadPoolExecutor(self.cpus) as decoders, ThreadPoolExecutor(lanes) as workers:
             pool = decoders if strategy == "pool" else None
-            self.run(self.cycled[:size], pool)  # warm-up: oneDNN prepares its kernels for this shape
+            self.run(loaded, self.cycled[:size], pool)  # warm-up: the runtime prepares its kernels for this shape
             batches, latencies = itertools.count(), []
             started = time.perf_counter()
             deadline = started + seconds
@@ -179,7 +200,7 @@ class InProcess:
                 while (index := next(batches)) * size < min_images or time.perf_counter() < deadline:
                     start = index * size % len(self.photos)
                     # every image of a batch waits for the whole batch
-                    latencies.extend([self.run(self.cycled[start : start + size], pool)] * size)
+                    latencies.extend([self.run(loaded, self.cycled[start : start + size], pool)] * size)
 
             with OtherCpu(os.getpid()) as other:
                 for future in [workers.submit(lane) for _ in range(lanes)]:
@@ -194,21 +215,24 @@ class InProcess:
             rates = {size: self.measure(strategy, size, SWEEP_SECONDS, len(self.photos)).rate for size in BATCH_SIZES}
             best[strategy] = max(rates, key=rates.get)
             line = ", ".join(f"{size}: {rate:.0f}" for size, rate in rates.items())
-            print(f"  in-process sweep, {strategy} (batch size: img/s): {line}", flush=True)
+            print(f"  in-process sweep, {self.runtime}, {strategy} (batch size: img/s): {line}", flush=True)
         return best
+
+    def name(self, strategy: str) -> str:
+        return f"in-process {self.runtime} ({strategy})"
 
     def setup(self, strategy: str, size: int) -> Callable[[float], Result]:
         def measure(seconds: float) -> Result:
             result = self.measure(strategy, size, seconds)
-            result.name = f"in-process ({strategy})"
+            result.name = self.name(strategy)
             return result
 
         return measure
 
     def describe(self, strategy: str, size: int) -> str:
         if strategy == "pool":
-            return f"one process: batch {size} decoded on {self.cpus} threads, model on {self.cpus} torch threads"
-        return f"one process: {self.cpus} threads x (decode batch {size} + model on 1 torch thread)"
+            return f"one process: batch {size} decoded on {self.cpus} threads, network on {self.cpus} threads"
+        return f"one process: {self.cpus} threads x (decode batch {size} + network on 1 thread)"
 
 
 # --- the load generator ----------------------------------------------------------------
@@ -374,15 +398,15 @@ def naive(model_dir: Path) -> Iterator[tuple[int, int, int]]:
 
 
 def expected_probabilities(photos: list[bytes], model_dir: Path) -> list[dict[str, float]]:
-    """What the evaluation code says for each photo, to hold the served answers against."""
-    model, meta = load_model(model_dir), json.loads((model_dir / "model.json").read_text())
+    """What the evaluation code says for each photo with the runtime the .mar runs, to hold the served
+    answers against."""
+    loaded, meta = load_runner(model_dir, usable_cpus()), json.loads((model_dir / "model.json").read_text())
     classes = load_classes(model_dir / "index_to_name.json")
     preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
     rows = []
-    with torch.inference_mode():
-        for start in range(0, len(photos), 32):
-            inputs = torch.stack([preset(photo) for photo in photos[start : start + 32]])
-            rows += torch.softmax(model(inputs) / float(meta.get("temperature", 1.0)), dim=1).tolist()
+    for start in range(0, len(photos), 32):
+        inputs = torch.stack([preset(photo) for photo in photos[start : start + 32]])
+        rows += torch.softmax(loaded.runner(inputs) / loaded.temperature, dim=1).tolist()
     return [dict(zip(classes, row, strict=True)) for row in rows]
 
 
@@ -413,13 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=30.0, help="seconds of load on TorchServe before measuring (default: 30)"
     )
     parser.add_argument("--concurrency", type=int, help="clients in flight (default: workers x batchSize x 2)")
+    parser.add_argument("--photos", type=int, help="the first N sample photos only (default: all; a quick check)")
     parser.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.naive_server:
         naive_server(args.naive_server, args.model)
         return 0
 
-    photos = [path.read_bytes() for path in sorted((args.sample / "images").glob("*.jpg"))]
+    photos = [path.read_bytes() for path in sorted((args.sample / "images").glob("*.jpg"))[: args.photos]]
     if not photos:
         parser.error(f"no *.jpg under {args.sample / 'images'}")
     mar = args.model_store / f"{serve.MODEL_NAME}.mar"
@@ -435,14 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"other processes use {100 * before.share:.0f}% of the CPUs before the start", flush=True)
 
     expected = expected_probabilities(photos, args.model)
-    inprocess = InProcess(photos, args.model)
-    best_sizes = inprocess.sweep()
+    inprocess = [InProcess(photos, args.model, name, runner) for name, runner in runtimes(args.model).items()]
+    best_sizes = {(bound, strategy): size for bound in inprocess for strategy, size in bound.sweep().items()}
     print(f"starting TorchServe ({mar}) and the naive server ...", flush=True)
     with ExitStack() as stack:
         ports, frontend = stack.enter_context(torchserve(args.model_store, args.run_dir / "torchserve"))
         naive_port, naive_pid, naive_threads = stack.enter_context(naive(args.model))
         setups: dict[str, Callable[[float], Result]] = {
-            f"in-process ({strategy})": inprocess.setup(strategy, size) for strategy, size in best_sizes.items()
+            bound.name(strategy): bound.setup(strategy, size) for (bound, strategy), size in best_sizes.items()
         }
         setups |= {
             "served": Clients("served", ports.inference, photos, concurrency, [frontend]),
@@ -465,13 +490,20 @@ def main(argv: list[str] | None = None) -> int:
                 rates.append(f"{name} {result.rate:.1f}")
             print(f"  round {turn}/{args.rounds} (img/s): {', '.join(rates)}   {loadavg()}", flush=True)
 
-    for strategy, size in best_sizes.items():
-        results[f"in-process ({strategy})"].note = inprocess.describe(strategy, size)
-    bound = max((result for name, result in results.items() if name.startswith("in-process")), key=lambda r: r.rate)
+    for (runtime, strategy), size in best_sizes.items():
+        results[runtime.name(strategy)].note = runtime.describe(strategy, size)
+    bounds = {
+        runtime.runtime: max((results[runtime.name(strategy)] for strategy in STRATEGIES), key=lambda r: r.rate)
+        for runtime in inprocess
+    }
+    served_runtime = inprocess[-1].runtime  # what the .mar runs: the last of runtimes()
+    bound = bounds[served_runtime]
     bound.note += "   <- the bound"
+    if served_runtime != PYTORCH:
+        bounds[PYTORCH].note += "   <- PyTorch's bound"
     results["served"].note = (
-        f"TorchServe {workers} workers x batchSize {batch_size}, maxBatchDelay {settings['maxBatchDelay']} ms, "
-        f"{concurrency} clients in flight"
+        f"TorchServe ({served_runtime}) {workers} workers x batchSize {batch_size}, "
+        f"maxBatchDelay {settings['maxBatchDelay']} ms, {concurrency} clients in flight"
     )
     results["naive"].note = (
         f"http.server, one request at a time, full decode, batch 1, {naive_threads} torch threads, "
@@ -486,7 +518,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: other processes took up to {100 * busiest:.0f}% of the CPUs; re-run on a quiet machine")
     served = results["served"].rate
     ratios = {"served/inprocess": served / bound.rate, "served/naive": served / results["naive"].rate}
-    missed = [f"{name} {ratio:.2f} < {TARGETS[name]}" for name, ratio in ratios.items() if ratio < TARGETS[name]]
+    ratios |= {
+        "served/inprocess-pytorch": served / bounds[PYTORCH].rate,
+        "runtime/pytorch": bound.rate / bounds[PYTORCH].rate,
+    }
+    missed = [f"{name} {ratio:.2f} < {TARGETS[name]}" for name, ratio in ratios.items() if ratio < TARGETS.get(name, 0)]
     if missed:
         print("target missed: " + ", ".join(missed))
     print(" ".join(f"{name}={ratio:.2f}" for name, ratio in ratios.items()))

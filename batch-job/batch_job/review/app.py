@@ -29,14 +29,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from batch_job.ledger import Result, mark_routed
+from batch_job.ledger.routing import mark_routed
+from batch_job.ledger.schema import NEEDS_REVIEW, Category, Result
+from batch_job.photos.layout import UnsafeName, folder_name
+from batch_job.photos.located import Photos
+from batch_job.photos.objects import ObjectTooLarge
 from batch_job.review import decisions, sessions
 from batch_job.review.auth import CSRF_FIELD, Reviewers, csrf_token, csrf_valid
 from batch_job.review.metrics import registry_for
-from batch_job.review.photos import Photos, shown
 from batch_job.review.settings import ReviewSettings
 from batch_job.review.throttle import LoginThrottle
-from batch_job.store import ObjectTooLarge, UnsafeName, folder_name
 from batch_job.templating import environment
 from common.objectstore import read_object
 
@@ -77,6 +79,11 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send if scope["type"] != "http" else with_headers)
+
+
+def shown(row: Result) -> bool:
+    """Photos are shown only of items that are or were in review: not every photo of the inbox."""
+    return row.status == NEEDS_REVIEW or row.reviewed_by is not None
 
 
 def bounded_id(text: str | None, what: str) -> int | None:
@@ -148,11 +155,11 @@ class ReviewApp:
         return self.templates.TemplateResponse(request, name, context, status_code=status_code, headers=headers)
 
     def classes(self) -> list[str]:
+        """The classes a reviewer may choose: --classes, else those of the models the nights were served by."""
         if self.fixed_classes is not None:
             return self.fixed_classes
         with self.engine.connect() as connection:
-            seen = connection.scalars(select(Result.category).where(Result.category.is_not(None)).distinct())
-            return sorted(seen)
+            return list(connection.scalars(select(Category.name).order_by(Category.name)))
 
     def class_named(self, typed: str) -> str | None:
         """The class a reviewer typed, whatever its case; None when there is none such."""
@@ -276,10 +283,10 @@ class ReviewApp:
         if not shown(before):
             return self.answer(request, form, 409, {"error": f"{before.object_key} is not in review"})
         destination = self.photos.decision_route(before, final)
-        outcome = decisions.decide(self.engine, before.id, name, final, destination, self.photos.current_key(before))
-        row = outcome.row
+        written = decisions.decide(self.engine, before.id, name, final, destination, self.photos.current_key(before))
+        row = written.row
         note = {"key": row.object_key, "final": row.final_category, "at": decisions.clock(row.reviewed_at)}
-        if not outcome.won:
+        if not written.won:
             if row.reviewed_by is None:  # undone meanwhile and waiting again, or never in review
                 return self.answer(request, form, 409, {"error": f"{row.object_key} changed meanwhile: reload"})
             return self.answer(request, form, 409, {**note, "first": row.reviewed_by})
@@ -301,14 +308,14 @@ class ReviewApp:
 
     def undo_item(self, request: Request, form, name: str, item: int) -> Response:
         try:
-            outcome = decisions.undo(self.engine, item, name, self.photos.put_back, self.photos.route != "none")
+            written = decisions.undo(self.engine, item, name, self.photos.put_back, self.photos.route != "none")
         except Exception as exc:  # the photo could not go back: the transaction rolled back, the decision stands
             log.exception("could not undo a decision", extra={"reviewer": name, "item": item})
             return self.answer(request, form, 503, {"error": f"not undone, the photo could not be moved back: {exc}"})
-        row = outcome.row
+        row = written.row
         if row is None:
             return self.answer(request, form, 404, {"error": "no such item"})
-        if not outcome.won:
+        if not written.won:
             why = "10 minutes, a night has run or an export taken it since, or its photo is still moving"
             note = {"error": f"{row.object_key}: too late to undo ({why}), or not yours"}
             return self.answer(request, form, 409, note)

@@ -1,4 +1,4 @@
-"""The review queue in the results store: what waits, who decided what, and how the decisions went.
+"""The review queue in the results store: what waits, who decided what, the nights.
 
 A decision is one conditional UPDATE (still needs_review -> reviewed/unusable), so of two
 reviewers deciding the same item at once exactly one wins; the other is told who was first.
@@ -7,7 +7,6 @@ The model's answer (category, probability, top3) stays untouched beside the fina
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -15,7 +14,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import Engine, and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from batch_job.ledger import NEEDS_REVIEW, REVIEWED, UNUSABLE, Result, Run, aware, utcnow
+from batch_job.ledger.schema import NEEDS_REVIEW, REVIEWED, UNUSABLE, Result, Run, utcnow
 
 UNDO_WINDOW = timedelta(minutes=10)
 
@@ -109,8 +108,9 @@ def item(engine: Engine, row_id: int) -> Result | None:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """won: this decision was stored. Otherwise `row` shows who decided first (None: no such item)."""
+class ReviewWrite:
+    """A decision or an undo as the results store took it. won: it was stored. Otherwise `row` shows who
+    decided first (None: no such item)."""
 
     won: bool
     row: Result | None
@@ -123,7 +123,7 @@ def decide(
     final_category: str | None,
     destination: str | None = None,
     unrouted_place: str | None = None,
-) -> Outcome:
+) -> ReviewWrite:
     """Store a reviewer's decision unless someone decided the item first; None means unusable.
 
     `destination` (routing on): the same UPDATE records the photo's move there as due (routed_at NULL), from
@@ -155,12 +155,12 @@ def decide(
             .returning(Result),
             execution_options={"synchronize_session": False},
         ).one_or_none()
-    return Outcome(True, decided) if decided is not None else Outcome(False, item(engine, row_id))
+    return ReviewWrite(True, decided) if decided is not None else ReviewWrite(False, item(engine, row_id))
 
 
 def undo(
     engine: Engine, row_id: int, reviewer: str, put_back: Callable[[Result], str | None], routing: bool
-) -> Outcome:
+) -> ReviewWrite:
     """Take back `reviewer`'s own decision: the item waits for review again, as before it.
 
     Only within UNDO_WINDOW, before any night started after the decision (it may have routed it) and
@@ -195,42 +195,7 @@ def undo(
             place = put_back(undone)
             if place is not None:
                 session.execute(update(Result).where(Result.id == row_id).values(route_to=place, routed_at=now))
-    return Outcome(undone is not None, item(engine, row_id))
-
-
-@dataclass(frozen=True)
-class ReviewStats:
-    queue_size: int
-    oldest_waiting_seconds: float | None
-    decisions_per_day: dict[date, int]
-    # model top-1 -> (items whose reviewer agreed, items decided with a category)
-    agreement: dict[str, tuple[int, int]]
-
-
-def review_stats(engine: Engine, days: int = 7) -> ReviewStats:
-    """Queue size, the oldest undecided item's age, the last `days` days' decisions, agreement."""
-    now = utcnow()
-    with Session(engine) as session:
-        size, oldest = session.execute(
-            select(func.count(), func.min(Result.finished_at)).where(Result.status == NEEDS_REVIEW)
-        ).one()
-        recent = session.scalars(select(Result.reviewed_at).where(Result.reviewed_at >= now - timedelta(days=days)))
-        per_day = Counter(aware(moment).date() for moment in recent)
-        agreement = session.execute(
-            select(
-                Result.category,
-                func.sum(case((Result.category == Result.final_category, 1), else_=0)),
-                func.count(),
-            )
-            .where(Result.status == REVIEWED)
-            .group_by(Result.category)
-        )
-        return ReviewStats(
-            size,
-            (now - aware(oldest)).total_seconds() if oldest is not None else None,
-            {now.date() - timedelta(days=back): per_day[now.date() - timedelta(days=back)] for back in range(days)},
-            {category: (int(agreed), int(decided)) for category, agreed, decided in agreement},
-        )
+    return ReviewWrite(undone is not None, item(engine, row_id))
 
 
 def decided_today(engine: Engine) -> dict[str, int]:
@@ -254,36 +219,3 @@ def nights(engine: Engine, limit: int = 60) -> list[Run]:
 def run(engine: Engine, run_id: str) -> Run | None:
     with Session(engine) as session:
         return session.get(Run, run_id)
-
-
-def take_for_export(engine: Engine, stamp: datetime) -> list[Result]:
-    """Items a reviewer gave a category, oldest decision first (the export's stable order), each stamped
-    exported (at `stamp`, unless an earlier export did): their decisions cannot be undone from now on.
-
-    The stamp comes first and only stamped rows are read, so an undo either came before it (the item is
-    not exported) or waits for it and is refused; a decision made meanwhile waits for the next export.
-    """
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        session.execute(
-            update(Result)
-            .where(Result.status == REVIEWED, Result.exported_at.is_(None))
-            .values(exported_at=stamp)
-            .execution_options(synchronize_session=False)
-        )
-        query = (
-            select(Result)
-            .where(Result.status == REVIEWED, Result.exported_at.is_not(None))
-            .order_by(Result.reviewed_at, Result.id)
-        )
-        return list(session.scalars(query))
-
-
-def left_out_of_export(engine: Engine, row_ids: list[int], stamp: datetime) -> None:
-    """Items the export stamped at `stamp` but could not write (no photo): their decisions were not exported."""
-    with Session(engine) as session, session.begin():
-        session.execute(
-            update(Result)
-            .where(Result.id.in_(row_ids), Result.exported_at == stamp)
-            .values(exported_at=None)
-            .execution_options(synchronize_session=False)
-        )

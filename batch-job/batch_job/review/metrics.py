@@ -11,8 +11,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.orm import Session
 
-from batch_job.ledger import STATUSES, Result, Run, aware
-from batch_job.review.decisions import review_stats
+from batch_job.ledger.decided import review_stats
+from batch_job.ledger.schema import STATUSES, Result, Run, aware
 
 DRIFT_SCORES = {"training": "psi_vs_training", "recent_runs": "psi_vs_recent_runs"}  # label -> summary key
 

@@ -9,10 +9,10 @@ import uvicorn
 from prometheus_client import start_http_server
 from starlette.applications import Starlette
 
-from batch_job.ledger import Ledger
+from batch_job.ledger.results import Ledger
+from batch_job.photos.located import Photos
 from batch_job.review.app import ReviewApp, create_app
 from batch_job.review.auth import Reviewers
-from batch_job.review.photos import Photos
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from common.objectstore import open_store

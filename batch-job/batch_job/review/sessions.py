@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import DateTime, Engine, String, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from batch_job.ledger import Base, utcnow
+from batch_job.ledger.schema import Base, utcnow
 
 LIFETIME = timedelta(hours=12)
 

@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from batch_job.photos.located import THUMBNAILS_PREFIX
 from batch_job.settings import add_env_arguments, folder_prefix
 
 ENV_PREFIX = "REFUND_REVIEW_"
@@ -27,7 +28,7 @@ HELP = {
         "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For gives the client address; "
         "empty: trust none, the address is the connection's peer"
     ),
-    "classes": "the model's index_to_name.json; empty: the categories the results store has seen",
+    "classes": "the model's index_to_name.json; empty: the classes of every model a night was served by",
     "page_size": "items per queue page",
     "secure_cookies": "send the session cookie over HTTPS only (1 behind TLS, as in the chart)",
     "thumbnails_prefix": "where thumbnails are kept in the store",
@@ -49,7 +50,7 @@ class ReviewSettings:
     classes: str = ""
     page_size: int = 50
     secure_cookies: int = 0
-    thumbnails_prefix: str = "thumbnails/"
+    thumbnails_prefix: str = THUMBNAILS_PREFIX
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thumbnails_prefix", folder_prefix(self.thumbnails_prefix))

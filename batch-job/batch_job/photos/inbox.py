@@ -1,4 +1,4 @@
-"""The photo inbox in the object store: date-partitioned listing, placing new photos, routing.
+"""The photo inbox in the object store: date-partitioned listing and placing new photos.
 
 The inbox is date-partitioned (inbox/YYYY-MM-DD/...). Every night lists every partition, a page at a
 time, so a photo put late into an old partition is found the next night; the ledger tells what is new.
@@ -22,21 +22,6 @@ from obstore.store import ObjectStore
 from common.objectstore import StoredObject, read_object, stored_object, visible
 
 DATE_PARTITION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-class ObjectTooLarge(ValueError):
-    """An object bigger than the job will read into memory."""
-
-
-class UnsafeName(ValueError):
-    """A class name that cannot be a folder in the store (it would escape or nest)."""
-
-
-def folder_name(category: str) -> str:
-    """The folder of a class under sorted/: the night's routing and a reviewer's decision keep to this one rule."""
-    if not category or "/" in category or "\\" in category or category.startswith("."):
-        raise UnsafeName(f"{category!r} cannot name a folder")
-    return category
 
 
 @dataclass(frozen=True)
@@ -106,39 +91,6 @@ def partition_date(name: str) -> date | None:
 
 def malformed_partition(name: str) -> bool:
     return bool(DATE_PARTITION.match(name)) and partition_date(name) is None
-
-
-def read_image(store: ObjectStore, key: str, max_bytes: int) -> bytes:
-    """The object's bytes, refused (ObjectTooLarge) before its body is read when it is bigger than max_bytes."""
-    answer = obstore.get(store, key)
-    size = answer.meta["size"]
-    if size > max_bytes:
-        raise ObjectTooLarge(f"object is {size} bytes, more than the {max_bytes} allowed (--max-image-bytes)")
-    return bytes(answer.bytes())
-
-
-def route_object(store: ObjectStore, key: str, destination: str, move: bool) -> None:
-    """Copy key to destination and, for a move, delete the original only once the copy is there with
-    the original's size. Safe to repeat after an interruption at any step."""
-    try:
-        original = obstore.head(store, key)
-    except FileNotFoundError:
-        if move and _size_of(store, destination) is not None:
-            return  # an earlier move got as far as deleting the original
-        raise
-    obstore.copy(store, key, destination)
-    copied = _size_of(store, destination)
-    if copied != original["size"]:
-        raise OSError(f"copy of {key} to {destination} has {copied} bytes, not {original['size']}; original kept")
-    if move:
-        obstore.delete(store, key)
-
-
-def _size_of(store: ObjectStore, key: str) -> int | None:
-    try:
-        return obstore.head(store, key)["size"]
-    except FileNotFoundError:
-        return None
 
 
 def inbox_key(prefix: str, day: date, name: str, data: bytes, store: ObjectStore) -> tuple[str, bool]:

@@ -7,10 +7,10 @@ import getpass
 import sys
 from pathlib import Path
 
-from batch_job.export import export_labels
-from batch_job.ledger import Ledger
+from batch_job.commands.export import export_labels
+from batch_job.ledger.results import Ledger
+from batch_job.photos.located import Photos
 from batch_job.review.auth import hash_line
-from batch_job.review.photos import Photos
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import ROUTED, Settings
 from common.cli import add_command

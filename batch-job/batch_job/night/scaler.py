@@ -23,7 +23,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from batch_job.client import ServingUnavailable
+from batch_job.night.client import ServingUnavailable
 
 log = logging.getLogger(__name__)
 

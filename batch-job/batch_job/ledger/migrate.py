@@ -28,7 +28,7 @@ log = logging.getLogger("refund-batch")
 
 def alembic_config(connection: Connection) -> Config:
     config = Config()
-    config.set_main_option("script_location", "batch_job:migrations")
+    config.set_main_option("script_location", "batch_job.ledger:migrations")
     config.attributes["connection"] = connection
     return config
 

@@ -19,135 +19,33 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Date,
-    DateTime,
-    Engine,
-    Float,
-    Index,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    and_,
-    case,
-    create_engine,
-    func,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import and_, create_engine, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from batch_job import migrate
+from batch_job.ledger import migrate
+from batch_job.ledger.schema import DEAD, FAILED, PENDING, Category, Result, Run, utcnow
 from common.objectstore import StoredObject
 
-PENDING, OK, NEEDS_REVIEW, FAILED, DEAD = "pending", "ok", "needs_review", "failed", "dead"
-REVIEWED, UNUSABLE = "reviewed", "unusable"  # a reviewer's decision on a needs_review item (batch_job.review)
-FINAL = (OK, NEEDS_REVIEW, FAILED, DEAD, REVIEWED, UNUSABLE)
-STATUSES = (PENDING, *FINAL)  # every status a results row can hold
 CHUNK = 500  # rows per multi-row INSERT: 11 parameters each, well under every database's parameter limit
 # A PostgreSQL B-tree entry holds about 2,700 bytes, and (object_key, identity) is one: a longer key could not be
 # registered at all. S3 keys stop at 1,024 bytes; only a folder store's deep paths get near this.
 MAX_KEY_BYTES = 2048
 UNANSWERED = ""  # model_version (NOT NULL) of a row no model has answered yet
-# Revision 0006: the rows every night's routing retry reads (unrouted()), as a partial index. Pending rows
-# (claimable()) and the review queue are found through ix_results_status.
-UNROUTED_ROWS = text("route_to IS NOT NULL AND routed_at IS NULL")
 log = logging.getLogger("refund-batch")
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; everything stored here is UTC."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Result(Base):
-    __tablename__ = "results"
-    __table_args__ = (
-        # One row per object version, whichever model answers it (revision 0006). It leads with object_key,
-        # so it also serves lookups by key.
-        UniqueConstraint("object_key", "identity", name="uq_results_object_version"),
-        Index("ix_results_unrouted", "object_key", postgresql_where=UNROUTED_ROWS, sqlite_where=UNROUTED_ROWS),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    # Text (revision 0006): keys and routes have no length limit of their own; MAX_KEY_BYTES guards the index.
-    object_key: Mapped[str] = mapped_column(Text)
-    identity: Mapped[str] = mapped_column(String(256))
-    model_version: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int] = mapped_column(BigInteger)  # objects of 2 GiB and more (revision 0006)
-    last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    category: Mapped[str | None] = mapped_column(String(128))
-    probability: Mapped[float | None] = mapped_column(Float)
-    top3: Mapped[list | None] = mapped_column(JSON)
-    model_name: Mapped[str | None] = mapped_column(String(128))
-    error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    run_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    latency_ms: Mapped[float | None] = mapped_column(Float)
-    # Routing (revision 0003): where the committed result sends the image, and when that was done.
-    route_to: Mapped[str | None] = mapped_column(Text)
-    routed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Revision 0007: where the photo is while its move is due; None: the inbox (object_key).
-    route_from: Mapped[str | None] = mapped_column(Text)
-    # Revision 0008: the level an OK result was sorted to (article, sub, master) and its category path joined
-    # by "/" (Footwear/Shoes); NULL on OK rows of before: the article type (category). A needs_review result's
-    # `offered`: the upper-level group the model is surest of, which the review page offers first.
-    sort_level: Mapped[str | None] = mapped_column(String(16))
-    sorted_as: Mapped[str | None] = mapped_column(Text)
-    offered: Mapped[dict | None] = mapped_column(JSON)
-    # The review page's decision (revision 0002); category/probability/top3 keep the model's answer.
-    final_category: Mapped[str | None] = mapped_column(String(128))
-    reviewed_by: Mapped[str | None] = mapped_column(String(128))
-    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
-    # Revision 0005: when export-labels first wrote this decision into a dataset (it cannot be undone since).
-    exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class Run(Base):
-    __tablename__ = "runs"
-
-    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    shard: Mapped[str] = mapped_column(String(16))
-    model_version: Mapped[str] = mapped_column(String(64))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    newest_partition: Mapped[date | None] = mapped_column(Date)
-    # Revision 0003: this run listed every partition (every run does since the watermark went).
-    full_listing: Mapped[bool | None] = mapped_column(Boolean)
-    summary: Mapped[dict | None] = mapped_column(JSON)
-
-
 @dataclass(frozen=True)
-class Outcome:
-    """What happened to one object in this run; status PENDING means "try again next run".
+class Verdict:
+    """What the night concluded for one object, as `record` stores it; status PENDING means "try again next run".
 
     `counts_as_attempt`: TorchServe answered for this image (a result, or a failure it may have
-    caused); a PENDING outcome that counts dead-letters the image after `max_attempts`. A store
+    caused); a PENDING verdict that counts dead-letters the image after `max_attempts`. A store
     hiccup or an unreachable server is not the image's fault and counts nothing.
     """
 
@@ -182,20 +80,17 @@ class Ledger:
         self._register_statement = (
             insert(Result).on_conflict_do_nothing(index_elements=["object_key", "identity"]).returning(Result.id)
         )
+        self._category_statement = insert(Category).on_conflict_do_nothing(index_elements=["name"])
 
     # -- runs -----------------------------------------------------------------------------
 
-    def start_run(self, run_id: str, shard: str, model_version: str, full_listing: bool = False) -> None:
+    def start_run(self, run_id: str, shard: str, model_version: str, classes: Iterable[str] = ()) -> None:
+        """Record the run, and the served model's `classes` the review page offers (those not known yet)."""
         with Session(self.engine) as session, session.begin():
-            session.add(
-                Run(
-                    run_id=run_id,
-                    shard=shard,
-                    model_version=model_version,
-                    started_at=utcnow(),
-                    full_listing=full_listing,
-                )
-            )
+            session.add(Run(run_id=run_id, shard=shard, model_version=model_version, started_at=utcnow()))
+            if names := sorted(set(classes)):
+                # Another shard's run may add the same names at once: each is added by one of them.
+                session.execute(self._category_statement, [{"name": name} for name in names])
 
     def finish_run(self, run_id: str, newest_partition: date | None, summary: dict) -> None:
         with Session(self.engine) as session, session.begin():
@@ -278,38 +173,38 @@ class Ledger:
                     .execution_options(synchronize_session=False)
                 )
 
-    def record(self, results: list[tuple[Result, Outcome]], run_id: str, max_attempts: int) -> list[Result]:
-        """Store a batch of outcomes in one transaction, only for rows this run still holds; returns
-        the rows whose outcome was committed (a row whose lease another run took over is not)."""
+    def record(self, results: list[tuple[Result, Verdict]], run_id: str, max_attempts: int) -> list[Result]:
+        """Store a batch of verdicts in one transaction, only for rows this run still holds; returns
+        the rows whose verdict was committed (a row whose lease another run took over is not)."""
         if not results:
             return []
         now = utcnow()
         committed = []
         with Session(self.engine) as session, session.begin():
-            for row, outcome in results:
-                status, error = outcome.status, outcome.error
-                attempts = row.attempts + int(outcome.counts_as_attempt)
-                if status == PENDING and outcome.counts_as_attempt and attempts >= max_attempts:
+            for row, verdict in results:
+                status, error = verdict.status, verdict.error
+                attempts = row.attempts + int(verdict.counts_as_attempt)
+                if status == PENDING and verdict.counts_as_attempt and attempts >= max_attempts:
                     status, error = DEAD, f"gave up after {attempts} attempts: {error}"
                 changed = session.execute(
                     update(Result)
                     .where(Result.id == row.id, Result.run_id == run_id, Result.status == PENDING)
                     .values(
                         status=status,
-                        category=outcome.category,
-                        probability=outcome.probability,
-                        top3=outcome.top3,
-                        model_name=outcome.model_name,
-                        model_version=outcome.model_version or Result.model_version,
+                        category=verdict.category,
+                        probability=verdict.probability,
+                        top3=verdict.top3,
+                        model_name=verdict.model_name,
+                        model_version=verdict.model_version or Result.model_version,
                         error=error,
                         attempts=attempts,
-                        latency_ms=outcome.latency_ms,
+                        latency_ms=verdict.latency_ms,
                         lease_until=None,
                         finished_at=now if status != PENDING else None,
-                        route_to=outcome.route_to,
-                        sort_level=outcome.sort_level,
-                        sorted_as="/".join(outcome.sort_path) if outcome.sort_path else None,
-                        offered=outcome.offered,
+                        route_to=verdict.route_to,
+                        sort_level=verdict.sort_level,
+                        sorted_as="/".join(verdict.sort_path) if verdict.sort_path else None,
+                        offered=verdict.offered,
                     )
                     .execution_options(synchronize_session=False)
                 )
@@ -368,34 +263,6 @@ def _new_row(obj: StoredObject, now: datetime, max_bytes: int | None, run_id: st
         "created_at": now,
         "finished_at": now if too_big else None,
     }
-
-
-def move_source(row: Result) -> str:
-    """Where the photo is while its move is due (route_to set, routed_at not): a decision's photo leaves review/."""
-    return row.route_from or row.object_key
-
-
-def mark_routed(engine: Engine, row_id: int, moved_from: str, moved_to: str) -> bool:
-    """Record that the photo of a row was copied or moved from `moved_from` to `moved_to`; True if that was the
-    move due, so the row now says where the photo is.
-
-    One conditional UPDATE, on the row as it is when the move is done, not as it was read before: a decision
-    committed meanwhile (the night was moving the photo into review/) changed the destination, so the row is
-    not marked routed but records that the move due starts at `moved_to` now, for whoever routes it next.
-    """
-    done = Result.route_to == moved_to
-    with engine.begin() as connection:
-        stamped = connection.execute(
-            update(Result)
-            .where(
-                Result.id == row_id,
-                Result.routed_at.is_(None),
-                func.coalesce(Result.route_from, Result.object_key) == moved_from,
-            )
-            .values(routed_at=case((done, utcnow()), else_=None), route_from=case((done, None), else_=moved_to))
-            .returning(Result.routed_at)
-        ).one_or_none()
-    return stamped is not None and stamped.routed_at is not None
 
 
 def _claimable(now: datetime):

@@ -6,26 +6,9 @@ from collections import Counter
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 
-from batch_job.ledger import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING, Result
-from common.sorting import LEVELS
+from batch_job.ledger.schema import DEAD, FAILED, NEEDS_REVIEW, OK, PENDING, Result
+from batch_job.night.summary import sorted_by_level
 from common.styles import read_styles
-
-REVIEW = "review"  # beside the levels: where an item no level was certain of went
-
-
-def level_of(row: Result) -> str:
-    """Where a classified item went: the level it was sorted to (OK rows of before revision 0008: their article
-    type), or review."""
-    return (row.sort_level or "article") if row.status == OK else REVIEW
-
-
-def sorted_by_level(classified: list[Result]) -> dict[str, dict]:
-    """Items and share of the classified ones at each level, deepest first, then review; every level, 0 or not."""
-    counts = Counter(level_of(row) for row in classified)
-    return {
-        level: {"items": counts[level], "share": counts[level] / len(classified) if classified else None}
-        for level in (*LEVELS, REVIEW)
-    }
 
 
 def category_summary(rows: list[Result]) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import base64
 
-from batch_job.ledger import NEEDS_REVIEW, Result
-from batch_job.review.decisions import ReviewStats
-from batch_job.review.photos import Photos
+from batch_job.ledger.decided import ReviewStats
+from batch_job.ledger.schema import NEEDS_REVIEW, Result
+from batch_job.photos.located import Photos
 from batch_job.templating import environment
 from batch_job.thumbnails import make_thumbnail
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from obstore.store import ObjectStore
 from PIL import Image
 
-from batch_job.store import inbox_key
+from batch_job.photos.inbox import inbox_key
 from common.objectstore import put_object
 
 

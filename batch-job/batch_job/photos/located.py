@@ -1,28 +1,23 @@
-"""Photos of items under review: thumbnails made once and kept in the store, and moving a
-decided photo from review/ to sorted/<final category>/ (or unusable/)."""
+"""A result's photo wherever routing put it: the photo itself (the night's report, the export, the review page),
+thumbnails made once and kept in the store, and a decision's moves out of review/ and back (photos.layout)."""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import PurePosixPath
 
 from obstore.store import ObjectStore
 
-from batch_job.ledger import NEEDS_REVIEW, Result, move_source
-from batch_job.review.settings import ReviewSettings
+from batch_job.ledger.routing import move_source
+from batch_job.ledger.schema import Result
+from batch_job.photos.layout import Layout
+from batch_job.photos.objects import read_image, route_object
 from batch_job.settings import Settings
-from batch_job.store import folder_name, read_image, route_object
 from batch_job.thumbnails import make_thumbnail
 from common.objectstore import put_object, read_object
 
 THUMBNAIL = (240, 320)
 WHOLE = (1600, 1600)  # the whole photo, scaled to fit a screen
-UNUSABLE_FOLDER = "unusable"
-
-
-def shown(row: Result) -> bool:
-    """Photos are shown only of items that are or were in review: not every photo of the inbox."""
-    return row.status == NEEDS_REVIEW or row.reviewed_by is not None
+THUMBNAILS_PREFIX = "thumbnails/"  # the review page's default (--thumbnails-prefix); only the page makes them
 
 
 class Photos:
@@ -31,25 +26,14 @@ class Photos:
         store: ObjectStore,
         inbox_prefix: str,
         route: str,
-        thumbnails_prefix: str = ReviewSettings.thumbnails_prefix,  # only the review page makes thumbnails
+        thumbnails_prefix: str = THUMBNAILS_PREFIX,
         max_bytes: int = Settings.max_image_bytes,
     ) -> None:
         self.store = store
-        self.inbox = inbox_prefix.rstrip("/")
+        self.layout = Layout(inbox_prefix)
         self.route = route
         self.thumbnails = thumbnails_prefix.rstrip("/")
         self.max_bytes = max_bytes
-
-    def relative(self, row: Result) -> str:
-        """The key below the inbox, as the nightly job's routing keeps it."""
-        return str(PurePosixPath(row.object_key).relative_to(self.inbox))
-
-    def review_key(self, row: Result) -> str:
-        return f"review/{self.relative(row)}"
-
-    def decided_key(self, row: Result, final_category: str | None) -> str:
-        folder = f"sorted/{folder_name(final_category)}" if final_category is not None else UNUSABLE_FOLDER
-        return f"{folder}/{self.relative(row)}"
 
     def thumbnail(self, row: Result) -> bytes:
         """The stored thumbnail, made from the photo wherever it is now on first request."""
@@ -74,7 +58,7 @@ class Photos:
         if row.routed_at is not None:
             return row.route_to
         if row.route_to is None and self.route != "none":
-            return self.review_key(row)
+            return self.layout.review_key(row.object_key)
         return move_source(row)
 
     def original(self, row: Result) -> bytes:
@@ -82,7 +66,8 @@ class Photos:
         a photo bigger than the nightly job's --max-image-bytes."""
         candidates = [self.current_key(row), row.object_key]
         if self.route != "none":
-            candidates.append(self.review_key(row))  # a row from before the routing state, decided since
+            # A row from before the routing state, decided since.
+            candidates.append(self.layout.review_key(row.object_key))
         for key in candidates:
             try:
                 return read_image(self.store, key, self.max_bytes)
@@ -92,7 +77,7 @@ class Photos:
 
     def decision_route(self, row: Result, final_category: str | None) -> str | None:
         """Where a decided item's photo goes (None: routing is off)."""
-        return None if self.route == "none" else self.decided_key(row, final_category)
+        return None if self.route == "none" else self.layout.decided_key(row.object_key, final_category)
 
     def route_decision(self, decided: Result, destination: str) -> str:
         """Make the move a decision recorded (`decided`: its row as the decision's UPDATE returned it) to
@@ -107,7 +92,7 @@ class Photos:
         where it is now (None: routing is off, nothing moved)."""
         if self.route == "none":
             return None
-        source, destination = self.current_key(decided), self.review_key(decided)
+        source, destination = self.current_key(decided), self.layout.review_key(decided.object_key)
         if source != destination:
             move = source != decided.object_key or self.route == "move"
             route_object(self.store, source, destination, move=move)

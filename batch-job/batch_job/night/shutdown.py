@@ -46,7 +46,7 @@ class Shutdown:
 @contextlib.contextmanager
 def handling_sigterm() -> Iterator[Shutdown]:
     """Installs the Shutdown's handler for the body (the main thread only can; elsewhere it is never signalled).
-    batch_job.scaler leaves an installed handler in place."""
+    batch_job.night.scaler leaves an installed handler in place."""
     shutdown = Shutdown()
     if threading.current_thread() is not threading.main_thread():
         yield shutdown

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from batch_job.ledger import utcnow
-from batch_job.review.decisions import left_out_of_export, take_for_export
-from batch_job.review.photos import Photos
-from batch_job.store import ObjectTooLarge
+from batch_job.ledger.decided import left_out_of_export, take_for_export
+from batch_job.ledger.schema import utcnow
+from batch_job.photos.located import Photos
+from batch_job.photos.objects import ObjectTooLarge
 
 COLUMNS = ["id", "articleType", "modelCategory", "reviewedBy", "reviewedAt", "objectKey"]
 

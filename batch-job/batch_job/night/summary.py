@@ -7,14 +7,30 @@ from collections import Counter
 
 from obstore.store import ObjectStore
 
-from batch_job.drift import drift_report
-from batch_job.job import RunStats
-from batch_job.ledger import FINAL, NEEDS_REVIEW, OK, Result
-from batch_job.report import sorted_by_level
+from batch_job.ledger.schema import FINAL, NEEDS_REVIEW, OK, Result
+from batch_job.night.drift import drift_report
+from batch_job.night.stats import RunStats
 from batch_job.settings import Settings
 from common.objectstore import put_object
+from common.sorting import LEVELS
 
 HISTOGRAM_BINS = 10
+REVIEW = "review"  # beside the levels: where an item no level was certain of went
+
+
+def level_of(row: Result) -> str:
+    """Where a classified item went: the level it was sorted to (OK rows of before revision 0008: their article
+    type), or review."""
+    return (row.sort_level or "article") if row.status == OK else REVIEW
+
+
+def sorted_by_level(classified: list[Result]) -> dict[str, dict]:
+    """Items and share of the classified ones at each level, deepest first, then review; every level, 0 or not."""
+    counts = Counter(level_of(row) for row in classified)
+    return {
+        level: {"items": counts[level], "share": counts[level] / len(classified) if classified else None}
+        for level in (*LEVELS, REVIEW)
+    }
 
 
 def summarize(stats: RunStats, rows: list[Result], previous: list[dict], drift_threshold: float) -> dict:

@@ -1,6 +1,6 @@
 """The results store as it was before migrations: results (one row per object version) and runs.
 
-Databases created by `create_all` before Alembic hold exactly this schema; batch_job.migrate
+Databases created by `create_all` before Alembic hold exactly this schema; batch_job.ledger.migrate
 stamps them at this revision instead of creating the tables again.
 
 Revision ID: 0001

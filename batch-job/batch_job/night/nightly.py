@@ -5,20 +5,21 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from batch_job import html_report, job
-from batch_job.ledger import Result
-from batch_job.review.decisions import review_stats
-from batch_job.review.photos import Photos
+from batch_job.ledger.decided import review_stats
+from batch_job.ledger.schema import Result
+from batch_job.night import html_report, job
+from batch_job.night.shutdown import Shutdown
+from batch_job.night.stats import RunStats
+from batch_job.night.summary import publish, summarize
+from batch_job.photos.located import Photos
 from batch_job.settings import Settings
-from batch_job.shutdown import Shutdown
-from batch_job.summary import publish, summarize
 
 RECENT_RUNS = 7  # drift baseline: about a week of nights
 
 
 @dataclass(frozen=True)
 class Night:
-    stats: job.RunStats
+    stats: RunStats
     rows: list[Result]
     summary: dict
     folder: str
@@ -31,7 +32,7 @@ def serving(settings: Settings):
     if settings.shard_count > 1:
         # The first shard to finish would scale TorchServe away under the others.
         raise ValueError("scale-to-zero runs with one shard; scale TorchServe in a separate step for sharded runs")
-    from batch_job.scaler import serving_scaled  # the kubernetes client is needed only in this mode
+    from batch_job.night.scaler import serving_scaled  # the kubernetes client is needed only in this mode
 
     return serving_scaled(settings)
 

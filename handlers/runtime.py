@@ -1,0 +1,76 @@
+"""What runs the network: the exported ONNX Runtime model that model.json names, else PyTorch.
+
+A runner takes the preprocessed batch (float NCHW) and returns the logits, whichever runtime is
+behind it, so the handler, the tests and the benchmark call every runtime the same way. The
+temperature belongs to the runtime: quantisation moves the logits, so an int8 model ships its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from handlers.network import load_model
+
+logger = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchRunner:
+    """The PyTorch model, fp32, channels-last (what training evaluated)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.contiguous(memory_format=torch.channels_last))
+
+
+class OnnxRunner:
+    """An ONNX model in ONNX Runtime's CPU provider, on `threads` intra-op threads."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime  # the serve image carries it; without it load_runner falls back to PyTorch
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # one batch at a time per worker: no parallel branches to run
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {self.input: images.contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    runner: Runner
+    temperature: float
+    description: str  # "onnxruntime int8" or "pytorch fp32", for the log and the benchmark
+
+
+def load_runner(model_dir: Path, threads: int, weights: str = "model.pt") -> Loaded:
+    """The runtime model.json's "runtime" entry names, or PyTorch when it names none, its file is
+    absent or onnxruntime is not installed (one log line says which and why)."""
+    meta = json.loads((model_dir / "model.json").read_text())
+    if runtime := meta.get("runtime"):
+        wanted = f"{runtime['engine']} {runtime['precision']}"
+        path = model_dir / runtime["file"]
+        try:
+            if path.is_file():
+                return Loaded(OnnxRunner(path, threads), float(runtime["temperature"]), wanted)
+            reason = f"{runtime['file']} is not in the model folder"
+        except ImportError as exc:
+            reason = f"onnxruntime cannot be imported ({exc})"
+        logger.warning("running PyTorch fp32 instead of %s: %s", wanted, reason)
+    return Loaded(TorchRunner(load_model(model_dir, weights)), float(meta.get("temperature", 1.0)), "pytorch fp32")
