@@ -24,7 +24,7 @@ def test_the_shipped_table_is_up_to_date_and_every_key_described():
     result = generate("--check")
     assert result.returncode == 0, result.stderr
     readme = (CHART / "README.md").read_text()
-    assert '| `serving.kserve.storageUri` | string | `""` | Folder holding model-store' in readme
+    assert '| `serving.kserve.storageUri` | string | `""` | A registry version folder' in readme
     assert "| `networkPolicy.inferenceFrom[].podSelector` | object |" in readme
     assert '| `batch.resources.limits.cpu` | string or number | `"1"` |' in readme
 

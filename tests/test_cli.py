@@ -82,7 +82,7 @@ def test_refund_train_help_lists_its_commands_and_the_registry_its_own(capsys):
     ]
     registry_help = help_of(train_main, ["registry"], capsys)
     assert registry_help.startswith("usage: refund-train registry ")
-    assert "{publish,promote,rollback,fetch,list}" in registry_help
+    assert "{publish,promote,rollback,fetch,kserve-config,list}" in registry_help
 
 
 def test_refund_train_archive_writes_to_out_like_every_command(capsys):

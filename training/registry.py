@@ -5,12 +5,14 @@ promotion gate that lets a model into production only if it beats the one there.
     refund-train registry promote latest --prepared var/data  # exit 1: refused, with why
     refund-train registry rollback                            # back to the previous production
     refund-train registry fetch production --out var/serve-model-store
+    refund-train registry kserve-config <version>            # KServe's config for a version published without it
     refund-train registry list
 
 The registry lives in a local folder by default (REFUND_REGISTRY=var/registry) or any
 S3-compatible store (REFUND_REGISTRY=s3://bucket/prefix, AWS_* variables as for the batch job):
 
     models/<version>/model-store/refund-classifier.mar   what TorchServe (or KServe's storageUri) loads
+    models/<version>/config/config.properties            KServe's TorchServe runtime's config (kserve_config.py)
     models/<version>/model.pt, model.json, metrics.json, model_card.md, ...   weights and evidence
     models/production.json   the production version, the versions it replaced, every decision
 
@@ -42,10 +44,12 @@ from obstore.store import LocalStore, ObjectStore
 from common.classes import load_classes
 from common.objectstore import open_store, read_object
 from training import evaluate
+from training.kserve_config import kserve_config
 from training.returns import score_returns
 
 MAR_NAME = "refund-classifier.mar"
 MAR_KEY = f"model-store/{MAR_NAME}"  # KServe's TorchServe runtime expects this layout under storageUri
+KSERVE_CONFIG_KEY = "config/config.properties"  # ... and this, from kserve_config
 PRODUCTION = "production.json"
 MODEL_FILES = (
     "model.pt",
@@ -117,17 +121,34 @@ class Registry:
         version = json.loads((model_dir / "model.json").read_text())["version"]
         if self.is_published(version):
             raise RegistryError(f"version {version} is already published; versions are immutable")
-        uploads = [(name, model_dir / name) for name in MODEL_FILES if (model_dir / name).is_file()]
+        config = kserve_config(mar, MAR_NAME).encode()
+        for name in MODEL_FILES:
+            if (model_dir / name).is_file():
+                self._create(version, name, (model_dir / name).read_bytes())
+        self._create(version, KSERVE_CONFIG_KEY, config)
         # The .mar last: a version counts as published (is_published) only once it is complete.
-        for name, path in [*uploads, (MAR_KEY, mar)]:
-            try:
-                obstore.put(self.store, self.key(version, name), path.read_bytes(), mode="create")
-            except AlreadyExistsError:
-                raise RegistryError(
-                    f"{self.key(version, name)} already exists: version {version} is being (or was partly) "
-                    "uploaded by another publish; versions are immutable"
-                ) from None
+        self._create(version, MAR_KEY, mar.read_bytes())
         return version
+
+    def _create(self, version: str, name: str, data: bytes) -> None:
+        try:
+            obstore.put(self.store, self.key(version, name), data, mode="create")
+        except AlreadyExistsError:
+            raise RegistryError(
+                f"{self.key(version, name)} already exists: version {version} is being (or was partly) "
+                "uploaded by another publish; versions are immutable"
+            ) from None
+
+    def add_kserve_config(self, version: str) -> str:
+        """KServe's config for a version published before `publish` wrote one; returns its key."""
+        key = self.key(version, KSERVE_CONFIG_KEY)
+        if self._exists(key):
+            raise RegistryError(f"{key} already exists; versions are immutable")
+        with tempfile.TemporaryDirectory() as workdir:
+            self._create(
+                version, KSERVE_CONFIG_KEY, kserve_config(self.fetch_mar(version, Path(workdir)), MAR_NAME).encode()
+            )
+        return key
 
     def download(self, version: str, destination: Path) -> Path:
         """The version's model files into destination (for evaluation); returns destination."""
@@ -314,6 +335,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     fetch_cmd = commands.add_parser("fetch", help="download a version's .mar into a TorchServe model store")
     fetch_cmd.add_argument("version", help="a version, `production` or `latest`")
     fetch_cmd.add_argument("--out", type=Path, required=True, help="model store folder")
+    kserve_cmd = commands.add_parser(
+        "kserve-config", help="add KServe's config/config.properties to a version published without one"
+    )
+    kserve_cmd.add_argument("version", help="a version, `production` or `latest`")
     commands.add_parser("list", help="published versions, their test metrics, and which is in production")
     args = parser.parse_args(argv)
 
@@ -328,6 +353,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         elif args.command == "rollback":
             old, new = rollback(registry)
             print(f"rolled back: production is {new} again (was {old})")
+        elif args.command == "kserve-config":
+            print(f"wrote {registry.add_kserve_config(registry.resolve(args.version))}")
         elif args.command == "fetch":
             version = registry.resolve(args.version)
             print(f"{version}: {registry.fetch_mar(version, args.out)}")
