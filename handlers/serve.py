@@ -49,6 +49,12 @@ class Ports:
         return f"http://127.0.0.1:{self.metrics}"
 
 
+def properties(text: str) -> dict[str, str]:
+    """A config.properties as key -> value (comments and blank lines left out)."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 def write_config(run_dir: Path, ports: Ports, base: Path = DEFAULT_CONFIG) -> Path:
     """The checked-in config with this run's ports."""
     text = base.read_text()

@@ -48,6 +48,8 @@ from typing import Any
 
 import yaml
 
+from handlers.serve import properties
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "refund-sorter"
 OVERLAYS = ROOT / "k8s" / "overlays"
@@ -430,11 +432,6 @@ def validate_renderings(renderings: list[Rendering], report: Report) -> None:
 
 
 # --- config.properties --------------------------------------------------------------------------
-
-
-def properties(text: str) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def expected_pod_config() -> dict[str, str]:

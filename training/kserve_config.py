@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from handlers.serve import DEFAULT_CONFIG
+from handlers.serve import DEFAULT_CONFIG, properties
 
 MODEL_STORE = "/mnt/models/model-store"  # where KServe's storage initializer puts <storageUri>/model-store
 # TorchServe workers per pod. model_snapshot must name a count, and KServe's runtime has no other setting
@@ -66,11 +66,7 @@ def kserve_config(mar: Path, mar_name: str) -> str:
             }
         },
     }
-    values = {
-        key.strip(): value.strip()
-        for key, value in (line.split("=", 1) for line in DEFAULT_CONFIG.read_text().splitlines() if "=" in line)
-        if not key.lstrip().startswith("#")
-    }
+    values = properties(DEFAULT_CONFIG.read_text())
     values |= KSERVE_SETTINGS | {"model_store": MODEL_STORE, "model_snapshot": json.dumps(snapshot)}
     header = (
         f"# {model['modelName']} {model['modelVersion']} for KServe's TorchServe runtime, written by "
