@@ -1,20 +1,23 @@
-# The serve image: TorchServe with the model archive baked in (`make archive` first).
-# The nightly job's image is batch-job/Dockerfile. `make images` builds both.
+# Three images from one Dockerfile (the nightly job's is batch-job/Dockerfile; `make images` builds them all):
 #
-#   docker build -t REGISTRY/refund-sorter-serve:0.1.0 .
+#   docker build --target serve -t REGISTRY/refund-sorter-serve:0.1.0 .       serve: TorchServe, no model
+#   docker build --target train -t REGISTRY/refund-sorter-train:0.1.0 .       the weekly retraining job
+#   docker build --target serve-baked --build-arg MODEL_MAR=... -t ... .      serve with one .mar baked in
+#
+# The serve image carries no model: the chart's init container (the batch image's `refund-batch
+# fetch-model`) fetches the registry's production version (or a pinned one) into its model store at pod
+# start, so one image serves every model and a promotion needs no image build. serve-baked is for
+# clusters that cannot reach the object store: an image tag is then one model version. train adds
+# training's dependencies and code on top of serve, so it shares serve's torch layers (most of its size)
+# on a node that has both.
 #
 # Build args:
 #   BASE_IMAGE       the Python base (default python:3.11-slim-bookworm; the lab cluster builds a local stand-in).
 #   TORCH_INDEX_URL  an extra index with torch's CPU build (default: PyTorch's CPU index; pip prefers its
 #                    2.14.1+cpu to the default index's 2.14.1). Empty: PyPI's CUDA build, about 5 GB larger.
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL   pip's own variables, e.g. for a mirror.
-#   MODEL_MAR        the model archive baked in (default var/model-store/refund-classifier.mar; .dockerignore
-#                    admits var/model-store/*.mar only). It is served as refund-classifier.
-#
-# The model is baked in, not fetched at start: an image tag is one model version, a rollback is a
-# tag (or digest) change, TorchServe pods need no object store credentials and start without a
-# network download, and what `make archive` tested is byte for byte what runs. (The chart's kserve
-# mode is the fetch-at-start alternative: KServe downloads the .mar from the object store.)
+#   MODEL_MAR        serve-baked only: the model archive baked in (default var/model-store/refund-classifier.mar;
+#                    .dockerignore admits var/model-store/*.mar only). It is served as refund-classifier.
 
 # checkov:skip=CKV_DOCKER_7: the base is a build arg whose default is a pinned tag (a stand-in may replace it)
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -59,8 +62,8 @@ COPY handlers/log4j2.xml handlers/config.properties ./
 RUN sed -i -E 's#^(inference|metrics)_address=http://127\.0\.0\.1:#\1_address=http://0.0.0.0:#' config.properties \
  && grep -qx 'management_address=http://127.0.0.1:8081' config.properties \
  && grep -qx 'inference_address=http://0.0.0.0:8080' config.properties
-ARG MODEL_MAR=var/model-store/refund-classifier.mar
-COPY ${MODEL_MAR} model-store/refund-classifier.mar
+# The model store: empty here; the chart mounts a volume its init container fills (serve-baked copies one in).
+RUN mkdir model-store
 # TorchServe writes its pid file, the unpacked .mar and the workers' sockets to TMPDIR and
 # java.io.tmpdir, its logs to LOG_LOCATION: all outside the (read-only in Kubernetes) image.
 RUN mkdir -p /var/log/torchserve && chown 10001:10001 /var/log/torchserve
@@ -78,3 +81,31 @@ ENTRYPOINT ["tini", "-g", "--", "torchserve", "--foreground", "--ncs", \
             "--model-store", "/opt/refund-sorter/model-store", \
             "--models", "refund-classifier=refund-classifier.mar"]
 CMD ["--ts-config", "/opt/refund-sorter/config.properties"]
+
+# The retraining job (refund-train retrain): serve's venv plus what training needs beyond serving (the
+# project's base dependencies for the registry and the Kubernetes API, and the train extra), and its code.
+FROM serve AS train
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/opt/refund-sorter
+USER root
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; open('/tmp/requirements.txt', 'w').write('\n'.join(p['dependencies'] + [r for r in p['optional-dependencies']['train'] if not r.startswith('refund-sorter')]))" \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/pyproject.toml /tmp/requirements.txt
+COPY common/ common/
+COPY handlers/ handlers/
+COPY training/ training/
+USER 10001:10001
+# Relative paths and scratch land in the writable /tmp (the chart mounts a volume there).
+WORKDIR /tmp
+HEALTHCHECK NONE
+ENTRYPOINT ["tini", "--", "python", "-m", "training"]
+CMD ["retrain"]
+
+# Last, so that the legacy builder (which builds every stage before its target) needs MODEL_MAR only here.
+FROM serve AS serve-baked
+ARG MODEL_MAR=var/model-store/refund-classifier.mar
+COPY ${MODEL_MAR} model-store/refund-classifier.mar

@@ -85,7 +85,7 @@ rollback:  ## put the previous production model back
 	$(REGISTRY_CLI) rollback
 
 serve-model: sysdeps  ## start TorchServe with a registry version (MODEL_VERSION=production|latest|<version>)
-	$(REGISTRY_CLI) fetch $(MODEL_VERSION) --out var/serve-model-store
+	$(VENV)/bin/refund-batch fetch-model $(MODEL_VERSION) --registry $(REGISTRY) --out var/serve-model-store
 	$(SERVE) start --model-store var/serve-model-store --run-dir var/serve
 
 stop:  ## stop TorchServe

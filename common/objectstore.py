@@ -6,6 +6,7 @@ A local folder by default, any S3-compatible store in production: obstore gives 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -16,6 +17,8 @@ from obstore.store import LocalStore, ObjectStore, from_url
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta  # a TypedDict of the type stubs only
+
+TRANSFERS = 16  # concurrent uploads or downloads of a folder's files
 
 
 @dataclass(frozen=True)
@@ -62,3 +65,25 @@ def read_object(store: ObjectStore, key: str) -> bytes:
 
 def put_object(store: ObjectStore, key: str, data: bytes) -> None:
     obstore.put(store, key, data)
+
+
+def upload_file(store: ObjectStore, key: str, path: Path, create: bool = False) -> None:
+    """path's content as key, in parts where it is large; create: fail if key exists (AlreadyExistsError)."""
+    obstore.put(store, key, path, mode="create" if create else "overwrite")
+
+
+def download_object(store: ObjectStore, key: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        for chunk in obstore.get(store, key):  # streamed: an images.zip is hundreds of MB
+            handle.write(chunk)
+
+
+def download_prefix(store: ObjectStore, prefix: str, destination: Path) -> int:
+    """Every visible object under prefix into destination, at its path below prefix; how many."""
+    prefix = prefix.rstrip("/") + "/"
+    keys = [stored.key for stored in list_objects(store, prefix)]
+    # Many small objects (a catalogue's images/ holds 44,000): one request at a time would take minutes.
+    with ThreadPoolExecutor(TRANSFERS) as pool:
+        list(pool.map(lambda key: download_object(store, key, destination / key.removeprefix(prefix)), keys))
+    return len(keys)

@@ -1,5 +1,6 @@
 # Images and a real cluster: included from the Makefile (which defines PY, MAR, SAMPLE).
-#   make images                  build the serve and batch images with Docker, print their sizes
+#   make images                  build the serve, batch and train images with Docker, print their sizes
+#   make serve-baked-image       the serve image with MODEL_MAR baked in (clusters without a reachable store)
 #   make k8s-e2e                 a whole night in a real cluster (KUBECONFIG), and the monitoring objects
 #                                before its API server: tests/k8s's cluster tests
 #   make cluster-up / cluster-down  the local single-node cluster of ../shared/k8s-lab, where it exists
@@ -10,6 +11,7 @@
 IMAGE_TAG ?= 0.1.0
 SERVE_IMAGE ?= refund-sorter-serve
 BATCH_IMAGE ?= refund-sorter-batch
+TRAIN_IMAGE ?= refund-sorter-train
 MODEL_MAR ?= $(MAR)
 DOCKER ?= docker
 # Extra `docker build` arguments; with the lab: its stand-in base image and its local wheel mirror.
@@ -27,14 +29,23 @@ LAB_DOWN_ARGS ?=
 # "NAME:TAG: N MB" for a built image (the k8s-e2e test prints this line in its progress).
 image_size = $(LAB_ENV) $(DOCKER) image inspect --format '$(1) {{.Size}}' $(1) | awk '{printf "%s: %.0f MB\n", $$1, $$2 / 1e6}'
 
-.PHONY: images serve-image batch-image k8s-e2e cluster-up cluster-down hadolint
+.PHONY: images serve-image serve-baked-image train-image batch-image k8s-e2e cluster-up cluster-down hadolint
 
-images: serve-image batch-image  ## build both images with Docker (IMAGE_TAG, MODEL_MAR, DOCKER_BUILD_ARGS)
+images: serve-image batch-image train-image  ## build the three images with Docker (IMAGE_TAG, DOCKER_BUILD_ARGS)
 
-serve-image:  ## the TorchServe image with MODEL_MAR baked in (make archive writes the default one)
-	@test -f $(MODEL_MAR) || { echo "no $(MODEL_MAR): run make archive first (or set MODEL_MAR)" >&2; exit 1; }
-	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) --build-arg MODEL_MAR=$(MODEL_MAR) -t $(SERVE_IMAGE):$(IMAGE_TAG) .
+serve-image:  ## the TorchServe image without a model: the chart fetches one from the registry at pod start
+	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) --target serve -t $(SERVE_IMAGE):$(IMAGE_TAG) .
 	@$(call image_size,$(SERVE_IMAGE):$(IMAGE_TAG))
+
+serve-baked-image:  ## the TorchServe image with MODEL_MAR baked in (make archive writes the default one)
+	@test -f $(MODEL_MAR) || { echo "no $(MODEL_MAR): run make archive first (or set MODEL_MAR)" >&2; exit 1; }
+	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) --target serve-baked --build-arg MODEL_MAR=$(MODEL_MAR) \
+		-t $(SERVE_IMAGE):$(IMAGE_TAG) .
+	@$(call image_size,$(SERVE_IMAGE):$(IMAGE_TAG))
+
+train-image:  ## the weekly retraining job's image: serve's layers plus training's dependencies and code
+	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) --target train -t $(TRAIN_IMAGE):$(IMAGE_TAG) .
+	@$(call image_size,$(TRAIN_IMAGE):$(IMAGE_TAG))
 
 batch-image:  ## the nightly job's image (no torch)
 	$(LAB_ENV) $(DOCKER) build $(DOCKER_BUILD_ARGS) -f batch-job/Dockerfile -t $(BATCH_IMAGE):$(IMAGE_TAG) .

@@ -56,6 +56,7 @@ BATCH_FLAGS = {
     "review": ROUTED
     | flags("migrate", "runs_prefix", "max_image_bytes", *(field.name for field in fields(ReviewSettings))),
     "review-passwd": set(),
+    "fetch-model": flags("registry", "out"),
 }
 
 
@@ -79,10 +80,12 @@ def test_refund_train_help_lists_its_commands_and_the_registry_its_own(capsys):
         "returns",
         "archive",
         "registry",
+        "catalogue",
+        "retrain",
     ]
     registry_help = help_of(train_main, ["registry"], capsys)
     assert registry_help.startswith("usage: refund-train registry ")
-    assert "{publish,promote,rollback,fetch,kserve-config,list}" in registry_help
+    assert "{publish,promote,rollback,kserve-config,list}" in registry_help
 
 
 def test_refund_train_archive_writes_to_out_like_every_command(capsys):

@@ -21,7 +21,7 @@ from tests.test_cli import listed_commands
 
 REPO = Path(__file__).resolve().parent.parent
 WHEELHOUSE = Path(sys.prefix) / "wheelhouse"
-COMMANDS = ["run", "ingest", "report", "migrate", "export-labels", "review", "review-passwd"]
+COMMANDS = ["run", "ingest", "report", "migrate", "export-labels", "review", "review-passwd", "fetch-model"]
 
 
 def copy_sources(out: Path) -> Path:

@@ -42,7 +42,7 @@ def download(store: obstore.store.ObjectStore, prefix: str, destination: Path) -
 def storage_uri(tmp_path, trained_model, model_store) -> tuple[Path, str]:
     """A version published to a registry folder, downloaded from models/<version>/ (the storageUri)."""
     models = registry.Registry(open_store(str(tmp_path / "registry")))
-    version = models.publish(trained_model, model_store / registry.MAR_NAME)
+    version = registry.publish(models, trained_model, model_store / registry.MAR_NAME)
     return download(models.store, models.key(version, ""), tmp_path / "mnt-models"), version
 
 
@@ -71,7 +71,7 @@ def test_publish_writes_kserves_config_naming_the_mar_with_the_model_configs_bat
 def test_a_version_published_without_kserves_config_gets_it_once(tmp_path, trained_model, model_store, capsys):
     location = str(tmp_path / "registry")
     models = registry.Registry(open_store(location))
-    version = models.publish(trained_model, model_store / registry.MAR_NAME)
+    version = registry.publish(models, trained_model, model_store / registry.MAR_NAME)
     key = models.key(version, registry.KSERVE_CONFIG_KEY)
     published = read_object(models.store, key)
     obstore.delete(models.store, key)  # as a version published before `publish` wrote it

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import batch_job.__main__
 import pytest
 
 from training import archive, evaluate, registry, train
@@ -42,6 +43,11 @@ def cli(location: str, *arguments: str) -> int:
     return registry.main(["--registry", location, *arguments])
 
 
+def fetch_model(location: str, version: str, out: Path) -> int:
+    """The serving pods' init container: the batch image's command, which has the registry code and no torch."""
+    return batch_job.__main__.main(["fetch-model", version, "--registry", location, "--out", str(out)])
+
+
 def test_the_gate_refuses_a_worse_model_promotes_a_better_one_and_rolls_back(
     location, trained_model, model_store, worse_model, prepared, tmp_path, capsys
 ):
@@ -70,11 +76,11 @@ def test_the_gate_refuses_a_worse_model_promotes_a_better_one_and_rolls_back(
     assert store.state()["version"] == better
     assert [entry["promoted"] for entry in store.state()["history"]] == [True, True, False]
 
-    assert cli(location, "fetch", "production", "--out", str(tmp_path / "serve")) == 0
+    assert fetch_model(location, "production", tmp_path / "serve") == 0
     assert (tmp_path / "serve" / registry.MAR_NAME).read_bytes() == mar.read_bytes()
     assert cli(location, "rollback") == 0
     assert f"production is {worse} again (was {better})" in capsys.readouterr().out
-    assert cli(location, "fetch", "production", "--out", str(tmp_path / "serve")) == 0
+    assert fetch_model(location, "production", tmp_path / "serve") == 0
     assert (tmp_path / "serve" / registry.MAR_NAME).read_bytes() == worse_mar.read_bytes()
     assert cli(location, "rollback") == 2
     assert "nothing to roll back to" in capsys.readouterr().err
@@ -101,9 +107,9 @@ def test_publish_refuses_an_incomplete_model_and_a_second_upload_of_a_version(
     assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 0
     assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 2
     assert "already published" in capsys.readouterr().err
-    assert cli(location, "fetch", "no-such-version", "--out", str(tmp_path / "serve")) == 2
+    assert fetch_model(location, "no-such-version", tmp_path / "serve") == 2
     assert "no version 'no-such-version'" in capsys.readouterr().err
-    assert cli(location, "fetch", "production", "--out", str(tmp_path / "serve")) == 2
+    assert fetch_model(location, "production", tmp_path / "serve") == 2
 
 
 def resplit(prepared: Path, out: Path, edit) -> Path:

@@ -49,6 +49,7 @@ from batch_job.settings import Settings
 from sqlalchemy import create_engine, inspect, text
 
 from common.objectstore import list_objects, open_store, put_object, read_object
+from common.registry import Registry
 from common.sorting import SortingRule
 from tests.images import encode, product_image
 from tests.ports import free_port
@@ -408,6 +409,35 @@ def test_export_labels_leaves_out_a_photo_bigger_than_max_image_bytes_and_says_w
         and f"more than the {limit} allowed" in printed.err
     )
     assert "1 reviewed photos written" in printed.out and "(1 missing)" in printed.out
+
+
+def test_the_nights_page_shows_the_latest_retrainings_from_the_registry(tmp_path):
+    settings = Settings(store=str(tmp_path / "store"), database_url=f"sqlite:///{tmp_path / 'results.db'}")
+    users = str(users_file(tmp_path))
+    models = Registry(open_store(str(tmp_path / "registry")))
+    for week in range(7):  # what the weekly job records (training/retrain.py), oldest first
+        promoted = week != 6
+        reason = "beats production" if promoted else "does not beat production 20261201T030000Z on the test split"
+        entry = {"at": f"2026-12-{week + 1:02d}T03:40:00+00:00", "reviewed_returns": 10 * week, "reason": reason}
+        models.record_retraining(
+            {"version": f"2026120{week + 1}T030000Z", "catalogue_images": 44000, "promoted": promoted, **entry}
+        )
+    with review_app(settings, ReviewSettings(users_file=users, registry=str(tmp_path / "registry"))) as app:
+        client, _ = logged_in(app.url, "alice")
+        page = client.get("/nights").text
+    rows = re.findall(r'<tr class="retraining (\w+)" data-version="(\w+)">', page)
+    assert rows == [("refused", "20261207T030000Z"), *(("promoted", f"2026120{day}T030000Z") for day in (6, 5, 4, 3))]
+    assert "does not beat production 20261201T030000Z" in page and '<td class="n">60</td>' in page
+
+    (tmp_path / "registry" / "models" / "20261208T030000Z").mkdir()
+    (tmp_path / "registry" / "models" / "20261208T030000Z" / "retrain.json").write_text("{not json")
+    with review_app(settings, ReviewSettings(users_file=users, registry=str(tmp_path / "registry"))) as app:
+        client, _ = logged_in(app.url, "alice")
+        broken = client.get("/nights")
+    assert broken.status_code == 200 and "The model registry could not be read" in broken.text  # the nights stay
+    with review_app(settings, ReviewSettings(users_file=users)) as app:  # no registry configured: no section
+        client, _ = logged_in(app.url, "alice")
+        assert "Retrainings" not in client.get("/nights").text
 
 
 def test_review_passwd_prints_a_line_the_app_accepts(tmp_path, monkeypatch, capsys):

@@ -96,9 +96,9 @@ def test_reviewed_returns_flow_into_training_the_model_card_and_the_gate(kaggle_
         production, store, "refund-classifier", archive.HANDLERS / "model-config.yaml", tmp_path / "b"
     )
     models = registry.Registry(open_store(str(tmp_path / "registry")))
-    first = registry.promote(models, models.publish(production, mar), extended)
+    first = registry.promote(models, registry.publish(models, production, mar), extended)
     assert first.promoted and first.candidate_scores["returns_images"] == in_test
-    refused = registry.promote(models, models.publish(candidate, mar), extended, min_gain=-1.0)
+    refused = registry.promote(models, registry.publish(models, candidate, mar), extended, min_gain=-1.0)
     assert not refused.promoted
     assert f"worse on {in_test} reviewed returns" in refused.reason and "accuracy 0.0000" in refused.reason
     assert models.state()["version"] == first.candidate

@@ -20,7 +20,9 @@ COMMANDS = {
     "calibrate": ("training.calibrate", "refit the temperature and the sorting thresholds of a trained model"),
     "returns": ("training.returns", "score a model on the reviewed returns and record it in the model card"),
     "archive": ("training.archive", "package a model folder as refund-classifier.mar"),
-    "registry": ("training.registry", "publish, promote, roll back, fetch and list models in the registry"),
+    "registry": ("training.registry", "publish, promote, roll back and list models in the registry"),
+    "catalogue": ("training.catalogue", "upload the catalogue data to the registry's store, for retrain"),
+    "retrain": ("training.retrain", "the weekly job: reviewed returns + catalogue -> train -> publish -> promote"),
 }
 # What the train extra brings that these commands import (the rest is in the base install).
 TRAIN_MODULES = ("torch", "torchvision", "model_archiver", "matplotlib", "onnx", "onnxscript", "onnxruntime")
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     require_extra("refund-train", "train", TRAIN_MODULES)
     module = importlib.import_module(COMMANDS[args.command][0])
     result = module.main(rest, prog=f"refund-train {args.command}")
-    return result if isinstance(result, int) else 0  # registry returns an exit code, train and evaluate figures
+    # registry, catalogue and retrain return an exit code; train and evaluate, figures
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

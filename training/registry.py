@@ -4,17 +4,13 @@ promotion gate that lets a model into production only if it beats the one there.
     refund-train registry publish --model var/model --mar var/model-store/refund-classifier.mar
     refund-train registry promote latest --prepared var/data  # exit 1: refused, with why
     refund-train registry rollback                            # back to the previous production
-    refund-train registry fetch production --out var/serve-model-store
     refund-train registry kserve-config <version>            # KServe's config for a version published without it
-    refund-train registry list
+    refund-train registry list                                # with the gate's decision on each
 
 The registry lives in a local folder by default (REFUND_REGISTRY=var/registry) or any
 S3-compatible store (REFUND_REGISTRY=s3://bucket/prefix, AWS_* variables as for the batch job):
 
-    models/<version>/model-store/refund-classifier.mar   what TorchServe (or KServe's storageUri) loads
-    models/<version>/config/config.properties            KServe's TorchServe runtime's config (kserve_config.py)
-    models/<version>/model.pt, model.json, metrics.json, model_card.md, ...   weights and evidence
-    models/production.json   the production version, the versions it replaced, every decision
+The layout, and the reading side the serving pods use too, is common/registry.py.
 
 Two promotions (or a promotion and a rollback) at once cannot lose one: production.json is written
 only if it is still the one read (obstore's conditional puts; a lock file on a local folder, whose
@@ -25,187 +21,62 @@ version's files are created, never overwritten, so two uploads of one version ca
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-
-import obstore
-from obstore.exceptions import AlreadyExistsError, PreconditionError
-from obstore.store import LocalStore, ObjectStore
+from pathlib import Path
 
 from common.classes import load_classes
 from common.objectstore import open_store, read_object
+from common.registry import (
+    KSERVE_CONFIG_KEY,
+    MAR_KEY,
+    MAR_NAME,
+    MODEL_FILES,
+    REQUIRED_FILES,
+    Registry,
+    RegistryError,
+)
 from training import evaluate
 from training.kserve_config import kserve_config
 from training.returns import score_returns
 
-MAR_NAME = "refund-classifier.mar"
-MAR_KEY = f"model-store/{MAR_NAME}"  # KServe's TorchServe runtime expects this layout under storageUri
-KSERVE_CONFIG_KEY = "config/config.properties"  # ... and this, from kserve_config
-PRODUCTION = "production.json"
-MODEL_FILES = (
-    "model.pt",
-    "model.json",
-    "index_to_name.json",
-    "metrics.json",
-    "model_card.md",
-    "history.json",
-    "args.json",
-    "confusion_matrix.png",
-    "training_curve.png",
-)
-# Written by train.py; the rest of MODEL_FILES are evidence and may be missing from older models.
-REQUIRED_FILES = ("model.pt", "model.json", "index_to_name.json", "metrics.json")
 GATE_METRICS = ("macro_f1", "accuracy")
+DECISION = "decision.json"  # the gate's decision on a version, next to its model card
 
 
-class RegistryError(Exception):
-    """A registry operation that cannot be done as asked; the message says why."""
+def publish(registry: Registry, model_dir: Path, mar: Path) -> str:
+    """Uploads the model's files and its .mar under models/<version>/; a version is never overwritten."""
+    missing = [str(path) for path in [*(model_dir / name for name in REQUIRED_FILES), mar] if not path.is_file()]
+    if missing:
+        raise RegistryError(f"cannot publish {model_dir}: missing {', '.join(missing)}")
+    version = json.loads((model_dir / "model.json").read_text())["version"]
+    if registry.is_published(version):
+        raise RegistryError(f"version {version} is already published; versions are immutable")
+    config = kserve_config(mar, MAR_NAME).encode()
+    for name in MODEL_FILES:
+        if (model_dir / name).is_file():
+            registry.create(version, name, (model_dir / name).read_bytes())
+    registry.create(version, KSERVE_CONFIG_KEY, config)
+    # The .mar last: a version counts as published (is_published) only once it is complete.
+    registry.create(version, MAR_KEY, mar.read_bytes())
+    return version
 
 
-class Registry:
-    def __init__(self, store: ObjectStore, prefix: str = "models/") -> None:
-        self.store = store
-        self.prefix = prefix.rstrip("/") + "/"
-
-    def key(self, *parts: str) -> str:
-        return self.prefix + "/".join(parts)
-
-    def versions(self) -> list[str]:
-        """Published versions, oldest first (versions are UTC timestamps: they sort by time)."""
-        listing = obstore.list_with_delimiter(self.store, self.prefix.rstrip("/"))
-        found = (PurePosixPath(folder).name for folder in listing["common_prefixes"])
-        return sorted(version for version in found if self.is_published(version))
-
-    def is_published(self, version: str) -> bool:
-        """A version exists once its .mar, uploaded last, is there."""
-        return self._exists(self.key(version, MAR_KEY))
-
-    def _exists(self, key: str) -> bool:
-        try:
-            obstore.head(self.store, key)
-        except FileNotFoundError:
-            return False
-        return True
-
-    def resolve(self, name: str) -> str:
-        """A version by name: itself, `latest` (newest published) or `production`."""
-        if name == "production":
-            version = self.state()["version"]
-            if version is None:
-                raise RegistryError("no model is in production yet: promote one first")
-            return version
-        if name == "latest":
-            versions = self.versions()
-            if not versions:
-                raise RegistryError("the registry holds no model: publish one first")
-            return versions[-1]
-        if not self.is_published(name):
-            published = ", ".join(self.versions()) or "none"
-            raise RegistryError(f"no version {name!r} in the registry; published: {published}")
-        return name
-
-    def publish(self, model_dir: Path, mar: Path) -> str:
-        """Uploads the model's files and its .mar under models/<version>/; a version is never overwritten."""
-        missing = [str(path) for path in [*(model_dir / name for name in REQUIRED_FILES), mar] if not path.is_file()]
-        if missing:
-            raise RegistryError(f"cannot publish {model_dir}: missing {', '.join(missing)}")
-        version = json.loads((model_dir / "model.json").read_text())["version"]
-        if self.is_published(version):
-            raise RegistryError(f"version {version} is already published; versions are immutable")
-        config = kserve_config(mar, MAR_NAME).encode()
-        for name in MODEL_FILES:
-            if (model_dir / name).is_file():
-                self._create(version, name, (model_dir / name).read_bytes())
-        self._create(version, KSERVE_CONFIG_KEY, config)
-        # The .mar last: a version counts as published (is_published) only once it is complete.
-        self._create(version, MAR_KEY, mar.read_bytes())
-        return version
-
-    def _create(self, version: str, name: str, data: bytes) -> None:
-        try:
-            obstore.put(self.store, self.key(version, name), data, mode="create")
-        except AlreadyExistsError:
-            raise RegistryError(
-                f"{self.key(version, name)} already exists: version {version} is being (or was partly) "
-                "uploaded by another publish; versions are immutable"
-            ) from None
-
-    def add_kserve_config(self, version: str) -> str:
-        """KServe's config for a version published before `publish` wrote one; returns its key."""
-        key = self.key(version, KSERVE_CONFIG_KEY)
-        if self._exists(key):
-            raise RegistryError(f"{key} already exists; versions are immutable")
-        with tempfile.TemporaryDirectory() as workdir:
-            self._create(
-                version, KSERVE_CONFIG_KEY, kserve_config(self.fetch_mar(version, Path(workdir)), MAR_NAME).encode()
-            )
-        return key
-
-    def download(self, version: str, destination: Path) -> Path:
-        """The version's model files into destination (for evaluation); returns destination."""
-        destination.mkdir(parents=True, exist_ok=True)
-        for name in MODEL_FILES:
-            key = self.key(version, name)
-            if name in REQUIRED_FILES or self._exists(key):
-                (destination / name).write_bytes(read_object(self.store, key))
-        return destination
-
-    def fetch_mar(self, version: str, model_store: Path) -> Path:
-        """The version's .mar as model_store/refund-classifier.mar, for TorchServe's --model-store."""
-        model_store.mkdir(parents=True, exist_ok=True)
-        partial = model_store / f".{MAR_NAME}.partial"
-        partial.write_bytes(read_object(self.store, self.key(version, MAR_KEY)))
-        return partial.replace(model_store / MAR_NAME)
-
-    def state(self) -> dict:
-        """production.json: {"version", "previous": [older productions, newest last], "history": [...]}."""
-        return self.read_state()[0]
-
-    def read_state(self) -> tuple[dict, str | None]:
-        """The state and the ETag it was read at (None: there is no production.json yet)."""
-        try:
-            answer = obstore.get(self.store, self.key(PRODUCTION))
-        except FileNotFoundError:
-            return {"version": None, "previous": [], "history": []}, None
-        return json.loads(bytes(answer.bytes())), answer.meta["e_tag"]
-
-    def save_state(self, state: dict, read_at: str | None) -> None:
-        """Write production.json only if it is still as read at ETag `read_at` (None: still absent)."""
-        key, data = self.key(PRODUCTION), json.dumps(state, indent=1).encode()
-        try:
-            with self._local_lock():
-                if isinstance(self.store, LocalStore) and read_at is not None:
-                    # A local folder has no conditional update: compare under the lock every writer takes.
-                    if obstore.head(self.store, key)["e_tag"] != read_at:
-                        raise PreconditionError("production.json changed")
-                    obstore.put(self.store, key, data)
-                else:
-                    obstore.put(self.store, key, data, mode="create" if read_at is None else {"e_tag": read_at})
-        except (AlreadyExistsError, PreconditionError):
-            raise RegistryError(
-                "production changed while this command ran (another promotion or rollback); "
-                "nothing was written: run it again"
-            ) from None
-
-    @contextlib.contextmanager
-    def _local_lock(self) -> Iterator[None]:
-        if not isinstance(self.store, LocalStore):
-            yield
-            return
-        folder = Path(self.store.prefix) / self.prefix
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ".production.lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-            yield
+def add_kserve_config(registry: Registry, version: str) -> str:
+    """KServe's config for a version published before `publish` wrote one; returns its key."""
+    key = registry.key(version, KSERVE_CONFIG_KEY)
+    if registry.exists(key):
+        raise RegistryError(f"{key} already exists; versions are immutable")
+    with tempfile.TemporaryDirectory() as workdir:
+        registry.create(
+            version, KSERVE_CONFIG_KEY, kserve_config(registry.fetch_mar(version, Path(workdir)), MAR_NAME).encode()
+        )
+    return key
 
 
 @dataclass(frozen=True)
@@ -289,9 +160,27 @@ def promote(
     if promoted:
         state["previous"] = [*state["previous"], current] if current else state["previous"]
         state["version"] = candidate
-    state["history"].append({"at": datetime.now(UTC).isoformat(), "action": "promote", **asdict(decision)})
+    entry = {"at": datetime.now(UTC).isoformat(), "action": "promote", **asdict(decision)}
+    state["history"].append(entry)
     registry.save_state(state, read_at)
+    if current != candidate:
+        record_decision(registry, entry)
     return decision
+
+
+def record_decision(registry: Registry, entry: dict) -> bool:
+    """decision.json in the candidate's folder, where people look at the model: the gate's first decision
+    on it, created once like the version's other files (later ones are in production.json's history).
+    False where the version has one already."""
+    if registry.exists(registry.key(entry["candidate"], DECISION)):
+        return False
+    registry.create(entry["candidate"], DECISION, json.dumps(entry, indent=1).encode())
+    return True
+
+
+def read_decision(registry: Registry, version: str) -> dict | None:
+    key = registry.key(version, DECISION)
+    return json.loads(read_object(registry.store, key)) if registry.exists(key) else None
 
 
 def rollback(registry: Registry) -> tuple[str, str]:
@@ -306,15 +195,20 @@ def rollback(registry: Registry) -> tuple[str, str]:
     return current, state["version"]
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_registry_argument(parser: argparse.ArgumentParser) -> None:
+    """--registry, the store of the models (models/) and of the training data (datasets/, training.catalogue)."""
     parser.add_argument(
         "--registry",
         default=os.environ.get("REFUND_REGISTRY", "var/registry"),
         help="folder or s3://bucket/prefix (env REFUND_REGISTRY, default var/registry)",
     )
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_registry_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     publish_cmd = commands.add_parser("publish", help="upload a trained model and its .mar as a new version")
     publish_cmd.add_argument(
@@ -332,20 +226,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     promote_cmd.add_argument("--metric", choices=GATE_METRICS, default="macro_f1")
     promote_cmd.add_argument("--min-gain", type=float, default=0.0, help="required improvement (default: any)")
     commands.add_parser("rollback", help="put the previous production model back")
-    fetch_cmd = commands.add_parser("fetch", help="download a version's .mar into a TorchServe model store")
-    fetch_cmd.add_argument("version", help="a version, `production` or `latest`")
-    fetch_cmd.add_argument("--out", type=Path, required=True, help="model store folder")
     kserve_cmd = commands.add_parser(
         "kserve-config", help="add KServe's config/config.properties to a version published without one"
     )
     kserve_cmd.add_argument("version", help="a version, `production` or `latest`")
-    commands.add_parser("list", help="published versions, their test metrics, and which is in production")
+    commands.add_parser(
+        "list",
+        help="published versions, their test metrics, the gate's decision on each (promoted, refused or not "
+        "gated) and which is in production",
+    )
     args = parser.parse_args(argv)
 
     registry = Registry(open_store(args.registry))
     try:
         if args.command == "publish":
-            print(f"published {registry.publish(args.model, args.mar)} to {args.registry}")
+            print(f"published {publish(registry, args.model, args.mar)} to {args.registry}")
         elif args.command == "promote":
             decision = promote(registry, registry.resolve(args.version), args.prepared, args.metric, args.min_gain)
             print(("promoted: " if decision.promoted else "refused: ") + decision.reason)
@@ -354,16 +249,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             old, new = rollback(registry)
             print(f"rolled back: production is {new} again (was {old})")
         elif args.command == "kserve-config":
-            print(f"wrote {registry.add_kserve_config(registry.resolve(args.version))}")
-        elif args.command == "fetch":
-            version = registry.resolve(args.version)
-            print(f"{version}: {registry.fetch_mar(version, args.out)}")
+            print(f"wrote {add_kserve_config(registry, registry.resolve(args.version))}")
         else:
             production = registry.state()["version"]
             for version in registry.versions():
                 metrics = json.loads(read_object(registry.store, registry.key(version, "metrics.json")))
+                decision = read_decision(registry, version)
+                gate = "not gated" if decision is None else "promoted" if decision["promoted"] else "refused"
                 marker = "  <- production" if version == production else ""
-                print(f"{version}  accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}{marker}")
+                print(
+                    f"{version}  accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}  {gate}{marker}"
+                )
     except RegistryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from batch_job.commands import review_cli
+from batch_job.commands import fetch_model, review_cli
 from batch_job.commands.ingest import ingest
 from batch_job.commands.report import accuracy_report, category_summary, read_labels
 from batch_job.ledger import migrate
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_parser = add_command(commands, "migrate", "upgrade the results store's schema to the newest revision")
     Settings.add_arguments(migrate_parser, RESULTS)
     review_cli.add_commands(commands)
+    fetch_model.add_command(
+        add_command(commands, "fetch-model", "a registry version's .mar for TorchServe (serving pods' init)")
+    )
     return parser
 
 
@@ -177,6 +180,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return ingest_command(settings, args)
     if args.command == "migrate":
         return migrate_command(settings)
+    if args.command == "fetch-model":
+        return fetch_model.fetch_model(args)
     if args.command in review_cli.COMMANDS:
         return review_cli.run(args.command, settings, args)
     return report_command(settings, args)

@@ -18,9 +18,12 @@ import re
 import secrets
 import shlex
 import subprocess
+import threading
 import time
 from collections import Counter
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from unittest import mock
 
 import httpx
 import obstore
@@ -31,6 +34,7 @@ from batch_job.night.listing import shard_of
 from batch_job.review.auth import hash_line
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.registry import Registry
 from tests.k8s.cluster import (
     CommandFailed,
     can_i,
@@ -47,7 +51,8 @@ from tests.k8s.cluster import (
 )
 from tests.ports import free_port
 from tests.servers import postgres_server, s3_server
-from training import archive, train
+from training import archive, registry, train
+from training.__main__ import main as training_main
 
 pytestmark = pytest.mark.cluster
 
@@ -59,6 +64,13 @@ SERVING = f"{RELEASE}-refund-sorter-torchserve"
 CRONJOB = f"{RELEASE}-refund-sorter-batch"
 REVIEW = f"{RELEASE}-refund-sorter-review"
 BUCKET = "refund-e2e"
+REGISTRY_PREFIX = "registry"
+REGISTRY_URL = f"s3://{BUCKET}/{REGISTRY_PREFIX}"
+RETRAIN = f"{RELEASE}-refund-sorter-retrain"
+RETRAIN_TIMEOUT_S = 900
+# The retraining Job's training: the tiny catalogue of tests/conftest.py, two epochs.
+FETCH = {"x-review-fetch": "1"}
+RETRAIN_TINY = "--epochs 2 --batch-size 16 --workers 0"
 NIGHT_TIMEOUT_S = 420
 # Slow enough that a fault lands mid-night, with claims that expire soon after a killed batch pod.
 BATCH_ENV = {"REFUND_CONCURRENCY": "4", "REFUND_LEASE_SECONDS": "30"}
@@ -83,24 +95,14 @@ def cluster() -> str:
 
 
 @pytest.fixture(scope="module")
-def images(cluster, trained_model, prepared, tmp_path_factory) -> dict[str, str]:
-    """Serve images of two model versions (a, b) and the batch image, built with `make` and loaded.
-
-    E2E_IMAGE_TAG=<tag> reuses the images of an earlier run that are still in the cluster (its tag is
-    printed), to repeat the nights without building and loading again.
-    """
-    if tag := os.environ.get("E2E_IMAGE_TAG"):
-        report(f"reusing the images tagged {tag}-a, {tag}-b and {tag} already in the cluster")
-        yield {"a": f"{tag}-a", "b": f"{tag}-b", "batch": tag}
-        return
-    tag = "e2e-" + secrets.token_hex(3)
+def models(services, trained_model, prepared, tmp_path_factory) -> dict[str, str]:
+    """Two model versions (a, b) published to the registry in the S3 store, a in production: the serving pods
+    fetch it at start."""
     second = tmp_path_factory.mktemp("model-b")
     time.sleep(1)  # a model's version is its UTC training time to the second: b must not share a's
     train.main(["--prepared", str(prepared), "--out", str(second), "--epochs", "1", "--workers", "0", "--seed", "1"])
-    versions = {json.loads((model / "model.json").read_text())["version"] for model in (trained_model, second)}
-    assert len(versions) == 2, f"models a and b share the version {versions}: a promotion could not be told apart"
-    built: dict[str, str] = {}
-    marstore = ROOT / "var" / "model-store"
+    models = Registry(services[1].store(prefix=REGISTRY_PREFIX))
+    versions = {}
     for name, model in (("a", trained_model), ("b", second)):
         mar = archive.archive(
             model,
@@ -109,21 +111,33 @@ def images(cluster, trained_model, prepared, tmp_path_factory) -> dict[str, str]
             archive.HANDLERS / "model-config.yaml",
             tmp_path_factory.mktemp("build"),
         )
-        staged = marstore / f"{tag}-{name}.mar"  # inside the build context (.dockerignore admits it)
-        marstore.mkdir(parents=True, exist_ok=True)
-        staged.write_bytes(mar.read_bytes())
-        report(f"building the serve image with model {name}")
-        make("serve-image", f"IMAGE_TAG={tag}-{name}", f"MODEL_MAR={staged.relative_to(ROOT)}")
-        staged.unlink()
-        built[name] = f"{tag}-{name}"
-    report("building the batch image")
-    make("batch-image", f"IMAGE_TAG={tag}")
-    built["batch"] = tag
-    names = [f"refund-sorter-serve:{built['a']}", f"refund-sorter-serve:{built['b']}", f"refund-sorter-batch:{tag}"]
+        versions[name] = registry.publish(models, model, mar)
+    assert versions["a"] != versions["b"], f"models a and b share the version {versions}"
+    assert registry.promote(models, versions["a"], prepared).promoted
+    report(f"published models a={versions['a']} (production) and b={versions['b']} to {REGISTRY_PREFIX}/")
+    return versions
+
+
+@pytest.fixture(scope="module")
+def images(cluster) -> str:
+    """The serve (no model), batch and train images, built with `make` and loaded; returns their tag.
+
+    E2E_IMAGE_TAG=<tag> reuses the images of an earlier run that are still in the cluster (its tag is
+    printed), to repeat the nights without building and loading again.
+    """
+    if tag := os.environ.get("E2E_IMAGE_TAG"):
+        report(f"reusing the images tagged {tag} already in the cluster")
+        yield tag
+        return
+    tag = "e2e-" + secrets.token_hex(3)
+    for target in ("serve-image", "batch-image", "train-image"):
+        report(f"building: make {target}")
+        make(target, f"IMAGE_TAG={tag}")
+    names = [f"refund-sorter-{image}:{tag}" for image in ("serve", "batch", "train")]
     started = time.monotonic()
     run(*shlex.split(os.environ["IMAGE_LOAD"]), *names, timeout=1200)
     report(f"loaded {len(names)} images into the cluster in {time.monotonic() - started:.0f} s (E2E_IMAGE_TAG={tag})")
-    yield built
+    yield tag
     run("docker", "image", "rm", *names, check=False)  # repeated runs must not fill the disk
 
 
@@ -150,13 +164,14 @@ def namespace(cluster):
 
 
 @pytest.fixture(scope="module")
-def values(services, images, tmp_path_factory) -> Path:
+def values(services, images, models, tmp_path_factory) -> Path:
     s3 = services[1]
     path = tmp_path_factory.mktemp("values") / "values.yaml"
     path.write_text(
         yaml.safe_dump(
             {
-                "image": {"serveTag": images["a"], "batchTag": images["batch"], "pullPolicy": "IfNotPresent"},
+                "image": {"tag": images, "pullPolicy": "IfNotPresent"},
+                "registry": {"url": REGISTRY_URL},
                 "batch": {
                     "store": {
                         "url": f"s3://{BUCKET}",
@@ -225,7 +240,8 @@ def rolled_out(namespace: str, deployment: str = SERVING) -> None:
     kubectl("-n", namespace, "rollout", "status", f"deployment/{deployment}", "--timeout=6m", timeout=400)
 
 
-def upgrade(namespace: str, *settings: str) -> None:
+def upgrade(namespace: str, *settings: str, strings: tuple[str, ...] = ()) -> None:
+    """helm upgrade with `settings` (--set) and `strings` (--set-string: values the schema wants as strings)."""
     started = time.monotonic()
     helm(
         "upgrade",
@@ -235,12 +251,13 @@ def upgrade(namespace: str, *settings: str) -> None:
         namespace,
         "--reuse-values",
         *(a for s in settings for a in ("--set", s)),
+        *(a for s in strings for a in ("--set-string", s)),
         "--wait",
         "--timeout",
         "6m",
     )
     rolled_out(namespace)
-    report(f"helm upgrade {' '.join(settings)}, rolled out: {time.monotonic() - started:.0f} s")
+    report(f"helm upgrade {' '.join((*settings, *strings))}, rolled out: {time.monotonic() - started:.0f} s")
 
 
 def put_photos(s3, night: str, count: int = 200, copies: int = 1) -> list[str]:
@@ -324,6 +341,16 @@ def serving_pods(namespace: str) -> list[dict]:
     return pods(namespace, "app.kubernetes.io/component=serving")
 
 
+def fetched_version(pod: dict) -> str:
+    """The version the pod's init container fetched from the registry (its `serving model` log line)."""
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    for line in kubectl("-n", namespace, "logs", name, "-c", "fetch-model").splitlines():
+        entry = json.loads(line)
+        if entry["event"] == "serving model":
+            return entry["version"]
+    raise AssertionError(f"{name}'s fetch-model logged no `serving model` line")
+
+
 def inference_requests(pod: dict) -> float:
     """The model's inference requests this TorchServe pod has counted (its Prometheus endpoint, on the pod's
     address; probes call /ping, which no model counts)."""
@@ -361,6 +388,7 @@ def test_install_passes_probes_with_the_hardened_security_context(namespace, rel
         assert context["capabilities"]["drop"] == ["ALL"]
         assert pod["spec"]["securityContext"]["runAsUser"] == 10001
         assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(pod["spec"]["containers"][0])
+        assert pod["spec"]["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"]
     # The test pod exits 0 only on /ping's 200; it is deleted once it succeeded (hook-delete-policy).
     out = helm("test", RELEASE, "-n", namespace, timeout=300)
     assert re.search(r"Phase:\s+Succeeded", out), out
@@ -418,14 +446,16 @@ def test_a_torchserve_pod_force_deleted_mid_night_loses_nothing(namespace, relea
     assert_exactly_once(ledger, keys)
 
 
-def test_a_model_promotion_during_a_night_keeps_inference_up(namespace, release, services, images, ledger):
+def test_a_model_pinned_during_a_night_rolls_the_pods_and_keeps_inference_up(
+    namespace, release, services, models, ledger
+):
     keys = put_photos(services[1], "night-3", copies=PROMOTION_COPIES)
     job = start_night(namespace, "night-3", REFUND_CONCURRENCY="1")  # one photo at a time: longer than the rollout
     mid_night(namespace, job, ledger, keys)
     # The rollout replaces one pod at a time (maxSurge 0): the other keeps answering.
     strategy = kubectl_json("-n", namespace, "get", "deployment", SERVING)["spec"]["strategy"]["rollingUpdate"]
     assert (strategy["maxSurge"], strategy["maxUnavailable"]) == (0, 1), strategy
-    upgrade(namespace, f"image.serveTag={images['b']}")
+    upgrade(namespace, f"serving.model.version={models['b']}")  # no image build: the pods fetch b at start
     done = decided(ledger, keys)
     assert job_state(namespace, job) is None and done < len(keys), "the night ended before the rollout: make it longer"
     report(f"night-3: the rollout was done at {done}/{len(keys)}")
@@ -433,9 +463,10 @@ def test_a_model_promotion_during_a_night_keeps_inference_up(namespace, release,
     rows = assert_exactly_once(ledger, keys)
     versions = Counter(row.model_version for row in rows)
     report(f"night-3: model versions that answered: {versions}")
-    assert len(versions) == 2, f"each row records the version that answered: both models served this night {versions}"
+    assert set(versions) == {models["a"], models["b"]}, f"each row records the version that answered: {versions}"
     for pod in serving_pods(namespace):
-        assert pod["spec"]["containers"][0]["image"].endswith(images["b"])
+        assert pod["metadata"]["annotations"]["refund-sorter/model-version"] == models["b"]
+        assert fetched_version(pod) == models["b"]
 
 
 def test_a_batch_pod_deleted_mid_night_is_finished_by_the_jobs_retry(namespace, release, services, ledger):
@@ -561,24 +592,40 @@ def test_a_night_that_fails_its_photos_is_not_retried(namespace, release, servic
     assert len(rows) == len(keys) and all(row.attempts == 1 for row in rows), rows
 
 
-def test_the_review_page_runs_in_the_cluster_behind_its_login(namespace, release, ledger):
-    """review.enabled: the page's Deployment with the chart's hardening and probes, reached at its Service
-    from this machine (the lab routes Service addresses), showing the nights' doubtful items after a login."""
+@pytest.fixture(scope="module")
+def review_page(namespace, release) -> tuple[str, str]:
+    """review.enabled, with a reviewer `desk` whose password only this test knows: (the page's URL, password)."""
     password = secrets.token_urlsafe(12)
     secret = {"users": hash_line("desk", password), "session-key": secrets.token_urlsafe(32)}
     create_secret(namespace, "refund-sorter-review", **secret)
     # Plain HTTP inside the cluster here; behind TLS keep secureCookies on.
     upgrade(namespace, "review.enabled=true", "review.secureCookies=false")
     rolled_out(namespace, REVIEW)
-    (pod,) = pods(namespace, "app.kubernetes.io/component=review")
-    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
     address = kubectl_json("-n", namespace, "get", "service", REVIEW)["spec"]["clusterIP"]
-    with httpx.Client(base_url=f"http://{address}:8090", timeout=30) as page:
-        assert page.get("/healthz").status_code == 200
-        assert page.get("/").headers["location"] == "/login"  # no anonymous access
+    return f"http://{address}:8090", password
+
+
+@contextlib.contextmanager
+def logged_in(review_page: tuple[str, str]) -> Iterator[tuple[httpx.Client, str]]:
+    """A session on the page (the lab routes Service addresses from this machine), and its CSRF token."""
+    url, password = review_page
+    with httpx.Client(base_url=url, timeout=30) as page:
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.get("/login").text).group(1)
         login = page.post("/login", data={"csrf": csrf, "username": "desk", "password": password})
         assert login.status_code == 303 and login.headers["location"] == "/"
+        # A login starts a new session, with a CSRF token of its own: the one the queue's forms carry.
+        yield page, re.search(r'name="csrf" value="([^"]+)"', page.get("/").text).group(1)
+
+
+def test_the_review_page_runs_in_the_cluster_behind_its_login(namespace, review_page, ledger):
+    """review.enabled: the page's Deployment with the chart's hardening and probes, reached at its Service
+    from this machine, showing the nights' doubtful items after a login."""
+    (pod,) = pods(namespace, "app.kubernetes.io/component=review")
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
+    with httpx.Client(base_url=review_page[0], timeout=30) as anonymous:
+        assert anonymous.get("/healthz").status_code == 200
+        assert anonymous.get("/").headers["location"] == "/login"  # no anonymous access
+    with logged_in(review_page) as (page, _):
         queue = page.get("/")
     assert queue.status_code == 200
     with ledger.connect() as connection:
@@ -586,6 +633,135 @@ def test_the_review_page_runs_in_the_cluster_behind_its_login(namespace, release
         names = {key.rsplit("/", 1)[1] for (key,) in waiting}
     shown = set(re.findall(r"[0-9]+-[0-9]+\.jpg", queue.text))
     assert names and shown and shown <= names, f"the queue page shows {sorted(shown)[:5]}, not the doubtful photos"
+
+
+class Prober:
+    """Predictions of one photo sent to TorchServe's Service over and over from a thread: every answer's status
+    and model version, to show a rollout fails no request."""
+
+    def __init__(self, namespace: str) -> None:
+        address = kubectl_json("-n", namespace, "get", "service", SERVING)["spec"]["clusterIP"]
+        self.url = f"http://{address}:8080/predictions/refund-classifier"
+        self.photo = sorted((SAMPLE / "images").glob("*.jpg"))[0].read_bytes()
+        self.answers: Counter[tuple[int, str]] = Counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.probe, daemon=True)
+
+    def probe(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self.stop.wait(0.2):
+                try:
+                    answer = client.post(self.url, content=self.photo)
+                    version = answer.json()["model"]["version"] if answer.status_code == 200 else answer.text[:80]
+                    self.answers[answer.status_code, version] += 1
+                except httpx.HTTPError as error:
+                    self.answers[0, type(error).__name__] += 1
+
+    def __enter__(self) -> Prober:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def retrain(namespace: str, name: str) -> str:
+    """A retraining Job made from the CronJob (as its schedule would), waited for; returns its log."""
+    kubectl("-n", namespace, "create", "job", f"--from=cronjob/{RETRAIN}", name)
+    state = wait_for(f"job {name} to end", lambda: job_state(namespace, name), RETRAIN_TIMEOUT_S, every=5)
+    log = kubectl("-n", namespace, "logs", f"job/{name}", "-c", "retrain", "--tail=400", check=False)
+    assert state == "Complete", f"job {name} ended {state}:\n{log[-4000:]}"
+    report(f"{name}: {next((line for line in log.splitlines() if 'trained on' in line), log[-300:])}")
+    return log
+
+
+def production(services) -> str:
+    return Registry(services[1].store(prefix=REGISTRY_PREFIX)).state()["version"]
+
+
+def serving_versions(namespace: str) -> dict[str, tuple[str, str]]:
+    """Each serving pod: its annotation's model version and the version its init container fetched."""
+    return {
+        pod["metadata"]["name"]: (pod["metadata"]["annotations"]["refund-sorter/model-version"], fetched_version(pod))
+        for pod in serving_pods(namespace)
+    }
+
+
+def test_the_weekly_retraining_learns_from_the_desks_decisions_and_rolls_the_pods(
+    namespace, release, services, models, ledger, review_page, kaggle_dataset, classes
+):
+    """The loop with nobody driving it: a night, the desk's decisions on the review page, the retraining Job
+    (tiny settings), its promotion, the TorchServe pods rolling to the new version with no failed request, and
+    the next night answered by it. Then a refused candidate moves nothing, and a pinned version stays."""
+    s3 = services[1]
+    with mock.patch.dict(os.environ, s3.env()):  # the catalogue goes to the store once, as the docs say
+        assert training_main(["catalogue", "upload", "--data", str(kaggle_dataset), "--registry", REGISTRY_URL]) == 0
+    upgrade(
+        namespace,
+        "serving.model.version=production",
+        "batch.scaleToZero.enabled=false",
+        "retrain.enabled=true",
+        f"retrain.trainArgs={RETRAIN_TINY}",
+        "retrain.prepareArgs=--min-images 10 --val-fraction 0.2 --test-fraction 0.2",
+        strings=("retrain.minGain=-1",),  # any candidate passes the gate: this is the promotion
+    )
+    # Unpinned: the pods fetch production (a); the annotation says `production` until a promotion names a version.
+    assert set(serving_versions(namespace).values()) == {("production", models["a"])}
+
+    keys = put_photos(s3, "night-10", count=30)
+    finish_night(namespace, start_night(namespace, "night-10"))
+    with ledger.connect() as connection:
+        waiting = connection.execute(
+            sqlalchemy.text("SELECT id FROM results WHERE status = 'needs_review' AND object_key LIKE :night"),
+            {"night": keys[0].rsplit("/", 1)[0] + "/%"},
+        ).scalars()
+        doubtful = sorted(waiting)[:6]
+    assert len(doubtful) == 6, "the tiny model leaves photos of products it never saw in doubt"
+    with logged_in(review_page) as (page, csrf):
+        for number, item in enumerate(doubtful):
+            final = classes[number % len(classes)]
+            # As review.js asks: the answer is the card's fragment with its status, not a redirect.
+            decision = page.post(f"/decide/{item}", data={"final": final, "csrf": csrf}, headers=FETCH)
+            assert decision.status_code == 200 and 'data-done="1"' in decision.text, decision.text[:300]
+
+    with Prober(namespace) as prober:
+        log = retrain(namespace, "retrain-1")
+        rolled_out(namespace)
+    promoted = production(services)
+    report(f"retrain-1: production {models['a']} -> {promoted}; answers during the roll {dict(prober.answers)}")
+    assert promoted not in (models["a"], models["b"])
+    assert f"model {promoted} trained on 6 reviewed returns" in log and "promoted" in log, log[-3000:]
+    assert {status for status, _ in prober.answers} == {200}, f"failed requests during the roll: {prober.answers}"
+    assert {version for _, version in prober.answers} >= {models["a"], promoted}, "the probe saw the roll"
+    assert set(serving_versions(namespace).values()) == {(promoted, promoted)}
+    exports = {
+        PurePosixPath(m["path"]).parts[2]
+        for page in obstore.list(s3.store(prefix=REGISTRY_PREFIX), "datasets/reviewed")
+        for m in page
+    }
+    assert len(exports) == 1, f"the desk's decisions are kept in the registry's store: {exports}"
+
+    keys = put_photos(s3, "night-11", count=10)
+    finish_night(namespace, start_night(namespace, "night-11"))
+    assert {row.model_version for row in results(ledger, keys)} == {promoted}
+
+    # A candidate the gate refuses: production, the pods and their template stay.
+    pods_before = serving_versions(namespace)
+    upgrade(namespace, strings=("retrain.minGain=1",))
+    log = retrain(namespace, "retrain-2")
+    assert "refused" in log and production(services) == promoted, log[-3000:]
+    assert serving_versions(namespace) == pods_before
+
+    # A pinned version: a promotion moves production in the registry, not the pods.
+    upgrade(namespace, f"serving.model.version={promoted}", strings=("retrain.minGain=-1",))
+    pinned = serving_versions(namespace)
+    assert set(pinned.values()) == {(promoted, promoted)}
+    job = kubectl_json("-n", namespace, "get", "cronjob", RETRAIN)["spec"]["jobTemplate"]["spec"]
+    assert not job["template"]["spec"]["automountServiceAccountToken"], "a job that rolls nothing gets no API token"
+    log = retrain(namespace, "retrain-3")
+    assert production(services) not in (promoted, models["a"], models["b"]), log[-3000:]
+    assert serving_versions(namespace) == pinned
 
 
 def test_the_prod_overlay_is_accepted_by_the_api_server(namespace):

@@ -199,16 +199,64 @@ def test_batch_parallelism_renders_an_indexed_job_and_refuses_scale_to_zero(chec
     assert refused.returncode != 0 and "set batch.parallelism=1" in refused.stderr
 
 
-def test_the_serve_image_tag_picks_the_model_version(check):
-    helm, _ = check.layer_binaries()
-    rendered = subprocess.run(
-        [str(helm), "template", "r", str(check.CHART), "--set", "image.tag=1.2", "--set", "image.serveTag=model-7"],
-        capture_output=True,
-        text=True,
-        check=True,
+def test_the_model_comes_from_the_registry_pinned_or_production_or_from_the_image(check):
+    deployment = rendered(check)["Deployment/r-refund-sorter-torchserve"]["spec"]["template"]
+    (fetch,) = deployment["spec"]["initContainers"]
+    assert fetch["image"] == "refund-sorter-batch:0.1.0"  # the registry code, no torch
+    assert fetch["args"] == ["fetch-model", "production", "--out", "/opt/refund-sorter/model-store"]
+    assert {"name": "REFUND_REGISTRY", "value": "s3://refund-sorter/registry"} in fetch["env"]
+    annotations = deployment["metadata"]["annotations"]
+    assert (annotations["refund-sorter/model-pin"], annotations["refund-sorter/model-version"]) == ("production",) * 2
+    mounts = {mount["name"]: mount for mount in deployment["spec"]["containers"][0]["volumeMounts"]}
+    assert (
+        mounts["model-store"]["readOnly"]
+        and mounts["model-store"]["mountPath"] == fetch["volumeMounts"][0]["mountPath"]
     )
-    images = {container["image"] for doc in check.documents(rendered.stdout) for container in _containers(doc)}
+
+    pinned = rendered(check, "serving.model.version=20261206T101500Z")["Deployment/r-refund-sorter-torchserve"]
+    template = pinned["spec"]["template"]
+    assert template["spec"]["initContainers"][0]["args"][1] == "20261206T101500Z"
+    assert template["metadata"]["annotations"]["refund-sorter/model-version"] == "20261206T101500Z"
+
+    docs = rendered(check, "serving.model.source=image", "image.tag=1.2", "image.serveTag=model-7")
+    template = docs["Deployment/r-refund-sorter-torchserve"]["spec"]["template"]
+    assert (
+        "initContainers" not in template["spec"]
+        and "refund-sorter/model-pin" not in template["metadata"]["annotations"]
+    )
+    images = {container["image"] for doc in docs.values() for container in _containers(doc)}
     assert images == {"refund-sorter-serve:model-7", "refund-sorter-batch:1.2"}
+
+
+def test_the_retraining_job_rolls_only_a_deployment_that_serves_production(check):
+    assert "CronJob/r-refund-sorter-retrain" not in rendered(check)  # off by default
+    docs = rendered(check, "retrain.enabled=true", "retrain.trainArgs=--epochs 1")
+    pod = docs["CronJob/r-refund-sorter-retrain"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (export,) = pod["initContainers"]
+    (job,) = pod["containers"]
+    assert export["image"] == "refund-sorter-batch:0.1.0" and export["args"] == [
+        "export-labels",
+        "--out",
+        "/work/export",
+    ]
+    assert job["image"] == "refund-sorter-train:0.1.0" and job["args"][0] == "retrain"
+    env = {item["name"]: item.get("value") for item in job["env"]}
+    assert env["REFUND_TRAIN_ARGS"] == "--epochs 1" and env["REFUND_ROLL_DEPLOYMENT"] == "r-refund-sorter-torchserve"
+    assert pod["automountServiceAccountToken"] is True and pod["serviceAccountName"] == "r-refund-sorter-retrain"
+    assert docs["Role/r-refund-sorter-retrain"]["rules"] == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "resourceNames": ["r-refund-sorter-torchserve"],
+            "verbs": ["patch"],
+        }
+    ]
+    for elsewhere in ("serving.model.version=20261206T101500Z", "serving.model.source=image"):
+        docs = rendered(check, "retrain.enabled=true", elsewhere)
+        pod = docs["CronJob/r-refund-sorter-retrain"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        env = {item["name"] for item in pod["containers"][0]["env"]}
+        assert "REFUND_ROLL_DEPLOYMENT" not in env and pod["automountServiceAccountToken"] is False, elsewhere
+        assert pod["serviceAccountName"] == "r-refund-sorter-retrain" and "Role/r-refund-sorter-retrain" not in docs
 
 
 def _containers(doc: dict) -> list[dict]:
@@ -229,6 +277,10 @@ def test_the_small_cluster_profile_fits_a_full_node(check):
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["cpu"] == "600m"
     assert {"name": "TS_DEFAULT_WORKERS_PER_MODEL", "value": "1"} in container["env"]
+    # Beside two 600m TorchServe pods and the night, a 2-core node has half a core left for the retraining job.
+    docs = rendered(check, "-f", str(check.CHART / "values-small.yaml"), "retrain.enabled=true")
+    pod = docs["CronJob/r-refund-sorter-retrain"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["requests"]["cpu"] == "500m"
 
 
 def test_batch_env_may_not_repeat_a_variable_the_chart_sets(check):

@@ -10,26 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from batch_job.night.client import ServingUnavailable
+from common import kubeapi
 
 log = logging.getLogger(__name__)
 
 POLL_S = 2.0  # pods take tens of seconds to become ready: polling faster only loads the API server
 REQUEST_TIMEOUT_S = 30.0  # per API call: a hung connection must not hang the night past scale_timeout
-NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 T = TypeVar("T")
 
@@ -56,25 +54,17 @@ class ScaleSettings(Protocol):
 
 
 def load_api() -> client.AppsV1Api:
-    """In a pod: its service account's token; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    configuration = client.Configuration()
     try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        try:
-            # The client reads $KUBECONFIG once, at import; read it now (None: ~/.kube/config).
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
-        except (config.ConfigException, OSError) as error:
-            raise ScaleError(f"no Kubernetes API: not in a pod, and no usable kubeconfig ({error})") from error
-    return client.AppsV1Api(client.ApiClient(configuration))
+        return kubeapi.load_api()
+    except kubeapi.NoKubernetesApi as error:
+        raise ScaleError(str(error)) from error
 
 
 def own_namespace() -> str:
-    """The namespace of the pod this runs in (the service account's mount says it)."""
     try:
-        return NAMESPACE_FILE.read_text().strip()
-    except OSError:
-        raise ScaleError(f"no namespace given and not running in a pod ({NAMESPACE_FILE} missing)") from None
+        return kubeapi.own_namespace()
+    except kubeapi.NoKubernetesApi as error:
+        raise ScaleError(str(error)) from None
 
 
 def _call(what: str, namespace: str, deployment: str, request: Callable[..., T], **kwargs: Any) -> T:

@@ -40,10 +40,12 @@ from batch_job.review.metrics import registry_for
 from batch_job.review.settings import ReviewSettings
 from batch_job.review.throttle import LoginThrottle
 from batch_job.templating import environment
-from common.objectstore import read_object
+from common.objectstore import open_store, read_object
+from common.registry import Registry
 
 log = logging.getLogger("refund-review")
 STATIC = Path(__file__).parent.parent / "static"
+RETRAININGS_SHOWN = 5  # on the nights page: about a month of weekly retrainings
 FETCH_HEADER = "x-review-fetch"  # set by review.js: answer with a card fragment, not a redirect
 PROXY_SECRET_HEADER = "x-review-proxy-secret"  # header mode: what the auth proxy proves itself with
 LARGEST_ID = 2**63 - 1  # ids a request carries beyond this are no item (and would overflow the database)
@@ -117,6 +119,7 @@ class ReviewApp:
         self.runs_prefix = runs_prefix.rstrip("/")
         self.metrics = registry_for(engine)
         self.throttle = LoginThrottle(settings.login_limit_per_name, settings.login_limit_per_address, self.metrics)
+        self.models = Registry(open_store(settings.registry)) if settings.registry else None
         self.templates = Jinja2Templates(env=environment())
 
     # -- who -----------------------------------------------------------------------------
@@ -348,8 +351,19 @@ class ReviewApp:
             "runs": decisions.nights(self.engine),
             "today": decisions.decided_today(self.engine),
             "night_of": decisions.night_of,
+            **self.retrainings(),
         }
         return self.render(request, "review/nights.html", context)
+
+    def retrainings(self) -> dict:
+        """The latest retrainings from the registry; a registry that cannot be read costs the page only this part."""
+        if self.models is None:
+            return {"retrainings": None, "registry_error": None}
+        try:
+            return {"retrainings": self.models.retrainings(RETRAININGS_SHOWN), "registry_error": None}
+        except Exception as exc:
+            log.exception("could not read the model registry")
+            return {"retrainings": [], "registry_error": str(exc)}
 
     def report(self, request: Request) -> Response:
         """A night's HTML report from the store, through the app: reviewers need no bucket access."""

@@ -32,6 +32,10 @@ HELP = {
     "page_size": "items per queue page",
     "secure_cookies": "send the session cookie over HTTPS only (1 behind TLS, as in the chart)",
     "thumbnails_prefix": "where thumbnails are kept in the store",
+    "registry": (
+        "the model registry (folder or s3://bucket/prefix): the nights page shows its latest retrainings; "
+        "empty: not shown"
+    ),
 }
 
 
@@ -51,6 +55,7 @@ class ReviewSettings:
     page_size: int = 50
     secure_cookies: int = 0
     thumbnails_prefix: str = THUMBNAILS_PREFIX
+    registry: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thumbnails_prefix", folder_prefix(self.thumbnails_prefix))

@@ -26,6 +26,17 @@
 {{- printf "%s-batch" (include "refund-sorter.fullname" .) | trunc 52 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "refund-sorter.retrainName" -}}
+{{- printf "%s-retrain" (include "refund-sorter.fullname" .) | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "true" when the retraining job rolls TorchServe to what it promotes: this chart's Deployment serves the
+registry's production model (a pinned version, a baked-in model or KServe are not moved). Empty otherwise. */}}
+{{- define "refund-sorter.retrainRolls" -}}
+{{- $model := .Values.serving.model }}
+{{- if and (eq .Values.serving.mode "deployment") (eq $model.source "registry") (eq $model.version "production") }}true{{ end }}
+{{- end }}
+
 {{- define "refund-sorter.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "refund-sorter.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -84,6 +95,17 @@ app.kubernetes.io/component: serving
     secretKeyRef:
       name: {{ $batch.database.existingSecret }}
       key: {{ $batch.database.urlKey }}
+{{- include "refund-sorter.objectStoreEnv" . }}
+{{- range $name, $value := $batch.env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The object store's endpoint and credentials (batch.store): the night, the review page, the serving pods'
+model fetch and the retraining job reach the photos and the model registry with them. */}}
+{{- define "refund-sorter.objectStoreEnv" -}}
+{{- $batch := .Values.batch -}}
 {{- with $batch.store.existingSecret }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
@@ -107,10 +129,6 @@ app.kubernetes.io/component: serving
 {{- if $batch.store.allowHttp }}
 - name: AWS_ALLOW_HTTP
   value: "true"
-{{- end }}
-{{- range $name, $value := $batch.env }}
-- name: {{ $name }}
-  value: {{ $value | quote }}
 {{- end }}
 {{- end }}
 
