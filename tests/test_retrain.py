@@ -14,7 +14,7 @@ import pytest
 from batch_job.commands.export import COLUMNS
 from kubernetes import client
 
-from common.objectstore import list_objects, open_store
+from common.objectstore import list_objects, open_store, read_object
 from common.registry import Registry
 from tests.conftest import TINY_TRAINING
 from tests.images import encode, product_image
@@ -121,6 +121,15 @@ async def test_retrain_learns_from_an_export_promotes_and_rolls_then_a_refusal_c
     capsys.readouterr()
     assert annotation(kmock) == first
     assert len(kmock["patch", DEPLOYMENTS]) == 1  # no patch on refusal
+    # The gate's decision in each version's model card, written once after the gate.
+    cards = {
+        version: read_object(models.store, models.key(version, "model_card.md")).decode() for version in (first, second)
+    }
+    assert "## Promotion gate\n\nPromoted by the weekly retraining" in cards[first]
+    assert (
+        "## Promotion gate\n\nRefused by the weekly retraining" in cards[second] and decision["reason"] in cards[second]
+    )
+    assert cards[first].startswith("# ")  # the card train wrote, with the section added
     # What the review page's nights view shows, newest first.
     shown = [(entry["version"], entry["promoted"], entry["reviewed_returns"]) for entry in models.retrainings(5)]
     assert shown == [(second, False, len(REVIEWED_ROWS)), (first, True, len(REVIEWED_ROWS))]

@@ -50,6 +50,7 @@ from training import archive, prepare, registry, train
 from training.catalogue import CATALOGUE, REVIEWED, DatasetError, upload_dataset
 from training.progress import log
 
+CARD = "model_card.md"
 ANNOTATION = "refund-sorter/model-version"  # on the serving pods' template: a new value rolls them
 REQUEST_TIMEOUT_S = 30.0
 
@@ -196,14 +197,28 @@ def retrain(args: argparse.Namespace, work: Path) -> registry.Decision:
         version = train_model(work / "prepared", work / "model", shlex.split(args.train_args))
     with step("archive"):
         mar = archive_model(work / "model", work / "prepared", work / "model-store", work / "mar-build")
+    # The model card goes up after the gate, with its decision: a version's files are created once, never rewritten.
+    card = work / "model" / CARD
+    card_text = card.read_text()
+    card.unlink()
     with step("publish"):
         registry.publish(models, work / "model", mar)
     with step("promote"):
         decision = registry.promote(models, version, work / "prepared", args.metric, args.min_gain)
     entry = outcome(version, dataset, decision)
+    models.create(version, CARD, (card_text + gate_section(entry)).encode())
     models.record_retraining(entry)
     log(outcome_line(entry))
     return decision
+
+
+def gate_section(entry: dict) -> str:
+    verdict = "Promoted" if entry["promoted"] else "Refused"
+    return (
+        f"\n## Promotion gate\n\n{verdict} by the weekly retraining at {entry['at']}, trained on "
+        f"{entry['reviewed_returns']} reviewed returns and {entry['catalogue_images']} catalogue images: "
+        f"{entry['reason']}\n"
+    )
 
 
 def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
