@@ -290,6 +290,10 @@ def test_batch_env_may_not_repeat_a_variable_the_chart_sets(check):
 
 
 def test_batch_service_account_name_is_used_and_bound_with_scale_to_zero(check):
+    # Always named: an upgrade that dropped the field would get the removed scale-to-zero account back from the
+    # deprecated serviceAccount field (seen in the lab cluster: no night could create its pod).
+    pod = rendered(check)["CronJob/r-refund-sorter-batch"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "default" and pod["automountServiceAccountToken"] is False
     docs = rendered(check, "batch.serviceAccountName=irsa-reader")
     pod = docs["CronJob/r-refund-sorter-batch"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "irsa-reader" and pod["automountServiceAccountToken"] is False
