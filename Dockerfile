@@ -90,7 +90,7 @@ ARG PIP_EXTRA_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONPATH=/opt/refund-sorter
-USER root
+USER 0:0
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; open('/tmp/requirements.txt', 'w').write('\n'.join(p['dependencies'] + [r for r in p['optional-dependencies']['train'] if not r.startswith('refund-sorter')]))" \
  && pip install -r /tmp/requirements.txt \
