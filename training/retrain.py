@@ -3,8 +3,8 @@
     refund-train retrain --exported /export --train-args "--epochs 1 --max-per-class 20"
 
 1. --exported (the output of `refund-batch export-labels`, written by the job's init container): if it
-   holds a labelled row, it goes to datasets/reviewed/<UTC time>/ of the store first. The export
-   stamped those rows as exported: the desk's decisions must be safe before anything can fail.
+   holds a labelled row, it goes to datasets/reviewed/<UTC time>/ of the store first, the record of
+   what this week trains on.
 2. datasets/catalogue/ (`refund-train catalogue upload`) and the newest datasets/reviewed/*/ into --work
    (each export holds every decision exported so far).
 3. prepare (the catalogue, the reviewed export as --extra), train, archive, publish, promote: the
@@ -103,7 +103,7 @@ def reviewed_exports(store: ObjectStore) -> list[str]:
     return sorted(f"{folder.rstrip('/')}/" for folder in listing["common_prefixes"])
 
 
-def download_datasets(store: ObjectStore, work: Path) -> tuple[Path, list[Path]]:
+def download_datasets(store: ObjectStore, work: Path) -> tuple[Path, Path | None]:
     """The catalogue and the newest complete reviewed export into work/; their folders.
 
     Each export holds every decision ever exported (export-labels takes the stamped rows too), under ids that
@@ -122,14 +122,14 @@ def download_datasets(store: ObjectStore, work: Path) -> tuple[Path, list[Path]]
         download_prefix(store, prefix, folder)
         if (folder / "styles.csv").is_file():
             log(f"retrain: the reviewed returns of {prefix}, the newest export")
-            return catalogue, [folder]
+            return catalogue, folder
         log(f"retrain: {prefix} has no styles.csv (an upload cut short); left out")  # its rows are unknown
-    return catalogue, []
+    return catalogue, None
 
 
-def prepare_data(catalogue: Path, reviewed: list[Path], out: Path, prepare_args: list[str]) -> dict:
+def prepare_data(catalogue: Path, reviewed: Path | None, out: Path, prepare_args: list[str]) -> dict:
     """prepare's dataset.json: what it kept of the catalogue and of the reviewed export."""
-    extras = [argument for folder in reviewed for argument in ("--extra", str(folder))]
+    extras = ["--extra", str(reviewed)] if reviewed else []
     prepare.main([*prepare_args, "--data", str(catalogue), *extras, "--out", str(out)])
     return json.loads((out / "dataset.json").read_text())
 
