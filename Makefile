@@ -131,7 +131,7 @@ test: venv  ## every test: unit/integration, offline k8s check, Dockerfile and P
 	if [ -n "$$failed" ]; then printf '=== failed:%s\n' "$$failed"; exit 1; fi
 
 unit: venv  ## pytest without the cluster tests
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 k8s-check: venv
 

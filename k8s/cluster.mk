@@ -56,7 +56,7 @@ hadolint: venv  ## lint both Dockerfiles (every ignore is commented where it sta
 
 k8s-e2e: venv k8s-tools  ## build, load and install into KUBECONFIG's cluster; run whole nights with faults
 	$(LAB_ENV) PATH="$(CURDIR)/tools/bin:$$PATH" IMAGE_LOAD="$(IMAGE_LOAD)" \
-		$(PY) -m pytest -s tests/k8s -m cluster $(K8S_E2E_ARGS)
+		$(PY) -m pytest -s tests/k8s -m cluster --durations=0 $(K8S_E2E_ARGS)
 
 cluster-up:  ## start the lab cluster with its base image and wheel mirror (elsewhere: check KUBECONFIG is set)
 ifneq ($(wildcard $(LAB)),)
