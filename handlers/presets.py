@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,8 +65,8 @@ def decode_image(data: bytes, min_size: tuple[int, int] | None = None) -> Image.
     """Decode image bytes to an upright RGB image, or raise InvalidImageError.
 
     `min_size` (width, height) lets the JPEG decoder downscale in the DCT domain
-    (`draft`) while keeping at least twice the pixels the model needs, so a 1600 px
-    photo costs a fraction of a full decode and the resized result is unchanged.
+    (`draft`) while keeping at least twice the pixels per side that `fit_to_input`
+    keeps, so a 1600 px photo decodes at 1/8 scale and the resized result is unchanged.
     """
     if not data:
         raise InvalidImageError("empty request body: no image bytes")
@@ -78,8 +79,7 @@ def decode_image(data: bytes, min_size: tuple[int, int] | None = None) -> Image.
                 status=413,
             )
         if min_size is not None and image.format == "JPEG":
-            side = 2 * max(min_size)  # square: EXIF rotation may swap the axes
-            image.draft("RGB", (side, side))
+            image.draft("RGB", draft_size(image.size, min_size))
         image = ImageOps.exif_transpose(image)
         image.load()
         return _to_rgb(image)
@@ -89,6 +89,16 @@ def decode_image(data: bytes, min_size: tuple[int, int] | None = None) -> Image.
         raise InvalidImageError("not an image: the bytes match no known image format", status=415) from exc
     except Exception as exc:  # PIL raises many types for bad bytes; all mean "not an image"
         raise InvalidImageError(f"cannot decode image: {exc}", status=415) from exc
+
+
+def draft_size(size: tuple[int, int], fitted: tuple[int, int]) -> tuple[int, int]:
+    """The smallest decoded size that holds twice the pixels per side `fit_to_input` keeps of an
+    image of `size` fitted into `fitted` (both width, height), whichever way EXIF turns it upright."""
+    width, height = size
+    upright = min(fitted[0] / width, fitted[1] / height)
+    turned = min(fitted[0] / height, fitted[1] / width)
+    scale = min(1.0, 2 * max(upright, turned))
+    return math.ceil(scale * width), math.ceil(scale * height)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

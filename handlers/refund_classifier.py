@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+import orjson
 import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
@@ -215,8 +216,12 @@ class RefundClassifier(BaseHandler):
             "class_prior": self.class_prior,
         }
 
-    def handle(self, data: list[dict], context) -> list[dict]:
+    def handle(self, data: list[dict], context) -> list[bytes]:
+        """Answers as JSON bytes: TorchServe would encode a dict with json.dumps(indent=2), 30x slower than orjson."""
         self.context = context
         batch, requests = self.preprocess(data)
         logits = self.inference(batch) if batch is not None else None
-        return self.postprocess(logits, requests)
+        responses = self.postprocess(logits, requests)
+        for index in range(len(responses)):
+            context.set_response_content_type(index, "application/json")
+        return [orjson.dumps(response) for response in responses]

@@ -140,6 +140,26 @@ def test_large_jpeg_draft_decoding_sees_the_same_picture():
     assert (fast - full).abs().mean() < 0.02
 
 
+@pytest.mark.parametrize(
+    ("stored", "orientation", "decoded"),
+    [
+        ((1200, 1600), 1, (150, 200)),  # the returns desk's photos: 1/8 scale
+        ((1080, 1440), 1, (135, 180)),
+        ((1600, 1200), 6, (150, 200)),  # shot sideways: EXIF turns it upright after decoding
+        ((360, 480), 1, (180, 240)),
+        ((100, 120), 1, (100, 120)),  # small already: decoded whole
+    ],
+)
+def test_draft_decodes_at_the_smallest_scale_that_keeps_twice_the_fitted_pixels(stored, orientation, decoded):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(product_image("Discs", 7, size=stored), "JPEG", exif=exif)
+    image = decode_image(data, min_size=(CONFIG.width, CONFIG.height))
+    assert image.size == decoded
+    fitted = min(CONFIG.width / image.width, CONFIG.height / image.height)
+    assert fitted <= 0.5 or image.size == stored[:: 1 if orientation == 1 else -1]
+
+
 def test_wide_image_is_padded_not_squashed():
     wide = Image.new("RGB", (300, 100), (0, 0, 0))
     fitted = fit_to_input(wide, CONFIG)

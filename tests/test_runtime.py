@@ -1,5 +1,5 @@
 """The exported runtime (training/export.py, handlers/runtime.py): ONNX fp32 equals PyTorch, int8 agrees
-with it, and the handler falls back to PyTorch where the runtime model or onnxruntime is missing."""
+with it as OpenVINO runs it, and the handler falls back to PyTorch where the runtime model or its engine is missing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, PresetConfig
-from handlers.runtime import OnnxRunner, TorchRunner
+from handlers.runtime import ENGINES, TorchRunner
 from tests.images import SHAPES, encode, product_image
 from training import archive, export
 from training.evaluate import split_items
@@ -44,18 +44,20 @@ def generated_photos() -> list[bytes]:
     return [encode(product_image(name, seed, size=(300, 400))) for name in SHAPES for seed in range(200, 220)]
 
 
-def test_onnx_fp32_equals_pytorch(exported):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_onnx_fp32_equals_pytorch(exported, engine):
     batch = photos_batch(exported, generated_photos())
     expected = TorchRunner(load_model(exported))(batch)
+    runner = ENGINES[engine](exported / export.ONNX_FILE, 1)
     for size in (1, 7, len(batch)):  # the batch axis is dynamic
-        got = OnnxRunner(exported / export.ONNX_FILE, 1)(batch[:size])
+        got = runner(batch[:size])
         assert (got - expected[:size]).abs().max() < 1e-4
 
 
 def test_int8_agrees_with_pytorch_and_is_what_the_mar_runs(exported, model_store, prepared):
     meta = json.loads((exported / "model.json").read_text())
     assert meta["runtime"] == {
-        "engine": "onnxruntime",
+        "engine": "openvino",
         "precision": "int8",
         "file": export.INT8_FILE,
         "temperature": meta["runtime"]["temperature"],
@@ -66,14 +68,14 @@ def test_int8_agrees_with_pytorch_and_is_what_the_mar_runs(exported, model_store
     items = split_items(exported, prepared, "test") + [(photo, 0) for photo in generated_photos()]
     batch = photos_batch(exported, [data for data, _ in items])
     figures = export.compare(
-        TorchRunner(load_model(exported))(batch), OnnxRunner(exported / export.INT8_FILE, 1)(batch)
+        TorchRunner(load_model(exported))(batch), ENGINES[export.ENGINE](exported / export.INT8_FILE, 1)(batch)
     )
     assert figures["top1_agreement"] >= AGREEMENT, figures
     assert figures["max_abs_probability_difference"] < MAX_PROBABILITY_GAP, figures
     recorded = json.loads((exported / "metrics.json").read_text())["runtime"]
     assert recorded["precision"] == "int8"
     assert recorded["test"]["fp32"]["accuracy"] - recorded["test"]["int8"]["accuracy"] <= export.TOLERANCE
-    assert "onnxruntime int8" in (exported / "model_card.md").read_text()
+    assert "openvino int8" in (exported / "model_card.md").read_text()
 
 
 @pytest.mark.skipif(
@@ -91,7 +93,7 @@ def test_int8_agrees_with_pytorch_on_real_returns_photos(tmp_path):
     fp32 = export.export_onnx(model, preset, tmp_path / export.ONNX_FILE)
     int8 = export.quantize_int8(fp32, tmp_path / export.INT8_FILE, calibration, preset)
     batch = photos_batch(REAL_MODEL, [path.read_bytes() for path in sorted((RETURNS_PHOTOS / "images").glob("*.jpg"))])
-    figures = export.compare(TorchRunner(model)(batch), OnnxRunner(int8, 1)(batch))
+    figures = export.compare(TorchRunner(model)(batch), ENGINES[export.ENGINE](int8, 1)(batch))
     print(f"{len(batch)} returns photos: {figures}")
     assert len(batch) >= 100
     assert figures["top1_agreement"] >= AGREEMENT, figures
@@ -99,12 +101,12 @@ def test_int8_agrees_with_pytorch_on_real_returns_photos(tmp_path):
 
 
 # The handler as TorchServe loads it: from the unpacked .mar, in a fresh interpreter, so that
-# `onnxruntime` can be made unimportable; prints which runtime it runs and the logits of a batch.
+# `openvino` can be made unimportable; prints which runtime it runs and the logits of a batch.
 HANDLER_RUN = """
 import json, sys, logging
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(message)s")
 if sys.argv[1] == "block":
-    sys.modules["onnxruntime"] = None
+    sys.modules["openvino"] = None
 import torch
 from ts.context import Context
 from refund_classifier import RefundClassifier
@@ -117,11 +119,17 @@ print(json.dumps({"runtime": handler.runtime, "temperature": handler.temperature
 """
 
 
-def run_handler(mar: Path, where: Path, block: bool = False, drop: str | None = None) -> tuple[dict, str]:
+def run_handler(
+    mar: Path, where: Path, block: bool = False, drop: str | None = None, engine: str | None = None
+) -> tuple[dict, str]:
     with zipfile.ZipFile(mar) as archive:
         archive.extractall(where)
     if drop:
         (where / drop).unlink()
+    if engine:  # as an older archive names it
+        meta = json.loads((where / "model.json").read_text())
+        meta["runtime"]["engine"] = engine
+        (where / "model.json").write_text(json.dumps(meta))
     torch.save(photos_batch(where, generated_photos()[:8]), where / "batch.pt")
     done = subprocess.run(
         [sys.executable, "-c", HANDLER_RUN, "block" if block else "-"],
@@ -135,19 +143,21 @@ def run_handler(mar: Path, where: Path, block: bool = False, drop: str | None = 
     return json.loads(answer), "\n".join(logs)
 
 
-def test_the_handler_runs_the_int8_model_the_mar_carries(model_store, exported, tmp_path):
-    answer, _ = run_handler(model_store / "refund-classifier.mar", tmp_path)
+@pytest.mark.parametrize("engine", [None, "onnxruntime"])  # onnxruntime: a model archived before 6 Dec 2026
+def test_the_handler_runs_the_int8_model_the_mar_carries(model_store, exported, tmp_path, engine):
+    answer, _ = run_handler(model_store / "refund-classifier.mar", tmp_path, engine=engine)
     meta = json.loads((exported / "model.json").read_text())
-    assert answer["runtime"] == "onnxruntime int8"
+    engine = engine or export.ENGINE
+    assert answer["runtime"] == f"{engine} int8"
     assert answer["temperature"] == meta["runtime"]["temperature"]
-    expected = OnnxRunner(exported / export.INT8_FILE, 1)(torch.load(tmp_path / "batch.pt"))
+    expected = ENGINES[engine](exported / export.INT8_FILE, 1)(torch.load(tmp_path / "batch.pt"))
     assert (torch.tensor(answer["logits"]) - expected).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize(
     ("block", "drop", "why"),
     [
-        (True, None, "onnxruntime cannot be imported"),
+        (True, None, "openvino cannot be imported"),
         (False, export.INT8_FILE, f"{export.INT8_FILE} is not in the model folder"),
     ],
 )
@@ -156,7 +166,7 @@ def test_the_handler_falls_back_to_pytorch(model_store, exported, tmp_path, bloc
     meta = json.loads((exported / "model.json").read_text())
     assert answer["runtime"] == "pytorch fp32"
     assert answer["temperature"] == meta["temperature"]  # PyTorch's own, not the int8 model's
-    assert f"running PyTorch fp32 instead of onnxruntime int8: {why}" in logs
+    assert f"running PyTorch fp32 instead of openvino int8: {why}" in logs
     expected = TorchRunner(load_model(exported))(torch.load(tmp_path / "batch.pt"))
     assert (torch.tensor(answer["logits"]) - expected).abs().max() < 1e-4
 

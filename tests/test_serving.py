@@ -36,6 +36,7 @@ def predict(ports, data: bytes, content_type: str = "application/octet-stream") 
 def test_image_bytes_in_probabilities_out(torchserve, classes, trained_model, fmt, content_type):
     answer = predict(torchserve, encode(product_image("Discs", 101), fmt), content_type)
     assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"
     body = answer.json()
     assert body["category"] in classes
     assert list(body["probabilities"]) == sorted(body["probabilities"], key=body["probabilities"].get, reverse=True)
@@ -52,7 +53,7 @@ def test_served_probabilities_equal_in_process_evaluation(torchserve, trained_mo
     .mar carries (the int8 model archive exported, and its temperature)."""
     meta = json.loads((trained_model / "model.json").read_text())
     loaded = load_runner(trained_model, threads=1)
-    assert loaded.description == "onnxruntime int8"
+    assert loaded.description == "openvino int8"
     preset = ClassificationPresetEval(PresetConfig.from_dict(meta["preset"]))
     photo = encode(product_image("Wedges", 102, size=(600, 800)), "JPEG")
     expected = torch.softmax(loaded.runner(preset(photo)[None]) / loaded.temperature, dim=1)[0]

@@ -25,7 +25,16 @@ COMMANDS = {
     "retrain": ("training.retrain", "the weekly job: reviewed returns + catalogue -> train -> publish -> promote"),
 }
 # What the train extra brings that these commands import (the rest is in the base install).
-TRAIN_MODULES = ("torch", "torchvision", "model_archiver", "matplotlib", "onnx", "onnxscript", "onnxruntime")
+TRAIN_MODULES = (
+    "torch",
+    "torchvision",
+    "model_archiver",
+    "matplotlib",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "openvino",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

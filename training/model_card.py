@@ -67,7 +67,7 @@ def _runtime_lines(metrics: dict) -> list[str]:
         f"{int8['macro_f1']:.4f} (fp32 {fp32['macro_f1']:.4f}), the same top-1 for "
         f"{agreement['top1_agreement']:.2%} of the images, probabilities at most "
         f"{agreement['max_abs_probability_difference']:.3f} apart; its temperature "
-        f"{temperature['onnxruntime_int8']:.3f} (fp32 {temperature['pytorch_fp32']:.3f}) refitted on its own "
+        f"{temperature[runtime['engine'] + '_int8']:.3f} (fp32 {temperature['pytorch_fp32']:.3f}) refitted on its own "
         "logits; the shipped rule sorts "
         f"{_sorted_text(int8['sorted'])} of test with it (fp32 {_sorted_text(fp32['sorted'])})"
     ]
