@@ -18,7 +18,8 @@ c) naive baseline: a one-process HTTP server answering one request at a time (wh
 Both servers are started and warmed up first; then a), b) and c) are measured in turns,
 `--rounds` times, so that a slow drift of the machine's speed (a shared host) hits all
 three alike. Prints img/s and p50/p95 latency for each (and the share of the CPUs other
-processes took meanwhile) and ends with one line `served/inprocess=<r> served/naive=<r>
+processes took meanwhile), the served path's CPU per image split into the clients, TorchServe's
+Java frontend and its Python workers, and ends with one line `served/inprocess=<r> served/naive=<r>
 runtime/pytorch=<r>` (targets: >= 0.90 and >= 5; the last is the fast runtime's in-process
 speed-up over PyTorch fp32). The clients are a lean asyncio HTTP/1.1 keep-alive load
 generator, so that on a small machine they take as little CPU from the servers as they
@@ -78,6 +79,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)  # per image, seconds
     statuses: Counter = field(default_factory=Counter)
     other_cpu: float = 0.0  # share of the CPUs that other processes took meanwhile
+    cpu: Counter = field(default_factory=Counter)  # CPU seconds of the clients, the server and its workers
     note: str = ""
 
     @property
@@ -91,6 +93,7 @@ class Result:
         self.seconds = total
         self.latencies += other.latencies
         self.statuses += other.statuses
+        self.cpu += other.cpu
 
     def percentile(self, q: int) -> float:
         return 1000 * statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1]
@@ -136,13 +139,15 @@ class OtherCpu:
     def __init__(self, *roots: int) -> None:
         self.roots = set(roots)
         self.share = 0.0
+        self.used: dict[int, float] = {}  # CPU seconds per process of the given trees
 
     def __enter__(self) -> OtherCpu:
         self.started, self.busy, self.ours = time.monotonic(), busy_seconds(), cpu_seconds(self.roots)
         return self
 
     def __exit__(self, *_) -> None:
-        ours = sum(seconds - self.ours.get(pid, 0.0) for pid, seconds in cpu_seconds(self.roots).items())
+        self.used = {pid: seconds - self.ours.get(pid, 0.0) for pid, seconds in cpu_seconds(self.roots).items()}
+        ours = sum(self.used.values())
         elapsed = time.monotonic() - self.started
         self.share = max(0.0, (busy_seconds() - self.busy - ours) / (elapsed * psutil.cpu_count()))
 
@@ -315,6 +320,8 @@ class Clients:
         with OtherCpu(os.getpid(), *self.servers) as other:
             result = asyncio.run(drive(self.port, self.requests, self.concurrency, seconds, bodies))
         result.name, result.other_cpu = self.name, other.share
+        clients, server = other.used.pop(os.getpid(), 0.0), other.used.pop(self.servers[0], 0.0)
+        result.cpu.update({"clients": clients, "server": server, "its workers": sum(other.used.values())})
         return result
 
 
@@ -517,6 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     if (busiest := max(result.other_cpu for result in results.values())) > BUSY:
         print(f"warning: other processes took up to {100 * busiest:.0f}% of the CPUs; re-run on a quiet machine")
     served = results["served"].rate
+    # Where the served path's CPU goes: TorchServe's Java frontend is "server", its Python workers the rest.
+    spent = {part: 1000 * seconds / results["served"].images for part, seconds in results["served"].cpu.items()}
+    print(
+        "served CPU per image: "
+        + ", ".join(f"{part} {ms:.2f} ms" for part, ms in spent.items())
+        + f"; the bound spends {1000 * usable_cpus() / bound.rate:.2f} ms in all"
+    )
     ratios = {"served/inprocess": served / bound.rate, "served/naive": served / results["naive"].rate}
     ratios |= {
         "served/inprocess-pytorch": served / bounds[PYTORCH].rate,
