@@ -16,7 +16,6 @@ import os
 import time
 from pathlib import Path
 
-import orjson
 import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
@@ -217,11 +216,12 @@ class RefundClassifier(BaseHandler):
         }
 
     def handle(self, data: list[dict], context) -> list[bytes]:
-        """Answers as JSON bytes: TorchServe would encode a dict with json.dumps(indent=2), 30x slower than orjson."""
+        """Answers as compact JSON bytes: TorchServe would encode a dict with json.dumps(indent=2), twice the time.
+        orjson would save ~45 us more an answer, under 1 % of an image's cost: not worth a dependency."""
         self.context = context
         batch, requests = self.preprocess(data)
         logits = self.inference(batch) if batch is not None else None
         responses = self.postprocess(logits, requests)
         for index in range(len(responses)):
             context.set_response_content_type(index, "application/json")
-        return [orjson.dumps(response) for response in responses]
+        return [json.dumps(response, separators=(",", ":")).encode() for response in responses]
