@@ -29,15 +29,16 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# The pins come from pyproject.toml's `serve` extra, so the image and `make venv` agree. onnxruntime is
-# among them: without it the handler would run PyTorch fp32 instead of the .mar's int8 model, so the build checks it.
+# The pins come from pyproject.toml's `serve` extra, so the image and `make venv` agree. openvino (and onnxruntime,
+# for .mar files archived before it) are among them: without them the handler would run PyTorch fp32 instead of
+# the .mar's int8 model, so the build checks them.
 COPY pyproject.toml ./
 # triton is torch.compile's kernel compiler, which the handler never uses: 0.9 GB where the CUDA build brings it.
 RUN python -c "import tomllib; open('requirements.txt', 'w').write('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['serve']))" \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r requirements.txt \
  && /opt/venv/bin/pip uninstall --yes triton \
- && /opt/venv/bin/python -c "import onnxruntime"
+ && /opt/venv/bin/python -c "import openvino, onnxruntime"
 
 FROM ${BASE_IMAGE} AS serve
 ENV PYTHONDONTWRITEBYTECODE=1 \
