@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -176,7 +177,6 @@ class RefundClassifier(BaseHandler):
 
     def answer(self, probabilities: list[float]) -> dict:
         ranked = sorted(zip(self.classes, probabilities, strict=True), key=lambda pair: pair[1], reverse=True)
-        self.context.metrics.add_counter("PredictionsPerCategory", 1, dimensions=[Dimension("Category", ranked[0][0])])
         return {
             "category": ranked[0][0],
             "probability": ranked[0][1],
@@ -188,6 +188,7 @@ class RefundClassifier(BaseHandler):
     def postprocess(self, logits: torch.Tensor | None, requests: list[Slots]) -> list[dict]:
         """One response per request: a prediction, {"predictions": [...]} for a list, or an error."""
         rows = torch.softmax(logits / self.temperature, dim=1).tolist() if logits is not None else []
+        self.count_predictions(logits)
         responses = []
         for index, request in enumerate(requests):
             if request is None:
@@ -204,6 +205,16 @@ class RefundClassifier(BaseHandler):
                 self.context.set_response_status(slots[0].status, str(slots[0]), index)
             responses.append(answers[0])
         return responses
+
+    def count_predictions(self, logits: torch.Tensor | None) -> None:
+        """PredictionsPerCategory, one metric line per category in the batch: the frontend parses every line the
+        worker prints, and a line per image cost it ~0.1 ms an image."""
+        if logits is None:
+            return
+        for index, count in Counter(logits.argmax(dim=1).tolist()).items():
+            self.context.metrics.add_counter(
+                "PredictionsPerCategory", count, dimensions=[Dimension("Category", self.classes[index])]
+            )
 
     def describe_handle(self) -> dict:
         """What clients need to know about the served model (TorchServe's `describe: True` header)."""

@@ -78,13 +78,18 @@ def model_store(trained_model, prepared, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def torchserve(model_store, tmp_path_factory) -> serve.Ports:
+def torchserve_run_dir(tmp_path_factory) -> Path:
+    """The run folder of the `torchserve` fixture (its logs are under logs/)."""
+    return tmp_path_factory.mktemp("torchserve")
+
+
+@pytest.fixture(scope="session")
+def torchserve(model_store, torchserve_run_dir) -> serve.Ports:
     """A real TorchServe on free ports, serving the tiny model's .mar."""
-    run_dir = tmp_path_factory.mktemp("torchserve")
     ports = free_ports()
-    serve.start(model_store, run_dir, ports)
+    serve.start(model_store, torchserve_run_dir, ports)
     yield ports
-    serve.stop(run_dir)
+    serve.stop(torchserve_run_dir)
 
 
 @pytest.fixture(params=["sqlite+folder", "postgresql+s3"])

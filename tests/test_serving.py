@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,11 +15,12 @@ import httpx
 import pytest
 import torch
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from handlers.presets import ClassificationPresetEval, PresetConfig
 from handlers.runtime import load_runner
 from handlers.serve import worker_pids
-from tests.images import encode, product_image
+from tests.images import SHAPES, encode, product_image
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +186,37 @@ def test_handler_metrics_are_exported(torchserve):
     assert "PredictionsPerCategory" in text and 'Category="' in text
     assert "PreprocessTimePerImage" in text
     assert "ts_inference_requests_total" in text
+
+
+def predictions_per_category(ports) -> Counter:
+    text = httpx.get(f"{ports.metrics_url}/metrics", timeout=10).text
+    return Counter(
+        {
+            sample.labels["Category"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("PredictionsPerCategory")
+        }
+    )
+
+
+def test_images_are_counted_per_category_without_a_log_line_each(torchserve, torchserve_run_dir):
+    """A night sends tens of thousands of photos: an INFO line per request and per printed metric filled
+    TorchServe's 50 MB log in minutes and cost its frontend CPU. Lines per batch remain; the counter still
+    counts every image."""
+    log = torchserve_run_dir / "logs" / "ts_log.log"
+    lines_before = len(log.read_text().splitlines())
+    counted_before = predictions_per_category(torchserve)
+    photos = [base64.b64encode(encode(product_image(shape, seed))).decode() for shape in SHAPES for seed in (1, 2, 3)]
+    requests, answered = 5, Counter()
+    for _ in range(requests):
+        answer = httpx.post(
+            f"{torchserve.inference_url}/predictions/refund-classifier",
+            json={"instances": [{"b64": photo} for photo in photos]},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        answered.update(item["category"] for item in answer.json()["predictions"])
+    assert predictions_per_category(torchserve) - counted_before == answered
+    images = requests * len(photos)
+    assert len(log.read_text().splitlines()) - lines_before < images / 2
