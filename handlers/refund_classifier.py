@@ -207,8 +207,8 @@ class RefundClassifier(BaseHandler):
         return responses
 
     def count_predictions(self, logits: torch.Tensor | None) -> None:
-        """PredictionsPerCategory, one metric line per category in the batch: the frontend parses every line the
-        worker prints, and a line per image cost it ~0.1 ms an image."""
+        """PredictionsPerCategory, one metric line per category in the batch, not per image: the frontend parses
+        every line the worker prints."""
         if logits is None:
             return
         for index, count in Counter(logits.argmax(dim=1).tolist()).items():
