@@ -35,5 +35,5 @@ loadtest: venv  ## locust load test against the local TorchServe (USERS, SECONDS
 	$(PY) -m tests.benchmarks.locustfile --users $(USERS) --seconds $(SECONDS) --sample $(SAMPLE) \
 		--model-store $(dir $(MAR)) --out var/loadtest $(LOADTEST_ARGS)
 
-bench-training: venv  ## training step and inference per candidate change: memory format, bf16, stem, depth (images/s)
+bench-training: venv  ## training step and inference per candidate change: memory format, bf16, torch.compile, stem, depth (images/s)
 	$(PY) -m tests.benchmarks.bench_training
