@@ -16,7 +16,7 @@ from batch_job.review import decisions
 from batch_job.review.settings import ReviewSettings
 from batch_job.settings import Settings
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -98,18 +98,17 @@ def left_behind(element) -> Callable[[object], bool]:
     element of the page just left: "Node with given id does not belong to the document" (SeleniumHQ/selenium#15401).
     """
 
-    def stale(_driver) -> bool:
+    stale = expected_conditions.staleness_of(element)
+
+    def left(driver) -> bool:
         try:
-            element.is_enabled()
-        except StaleElementReferenceException:
-            return True
+            return stale(driver)
         except WebDriverException as exc:
             if "does not belong to the document" in (exc.msg or ""):
                 return True
             raise
-        return False
 
-    return stale
+    return left
 
 
 def refused_login(driver, name: str, password: str) -> str:
