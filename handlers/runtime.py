@@ -57,12 +57,14 @@ class OpenVinoRunner:
     """An ONNX model compiled by OpenVINO for the CPU, on `threads` threads. It runs the QDQ int8 model with
     its own integer kernels: 1.35x ONNX Runtime's speed on AVX2 without VNNI (docs/performance.md)."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, precision: str | None = None) -> None:
         import openvino  # the serve image carries it; without it load_runner falls back to PyTorch
 
         # No pinning: OpenVINO pins its threads to cores by default, and every TorchServe worker, a process
         # of its own, would pin to the same first core (measured: served 236 img/s pinned, 328 unpinned).
         settings = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+        if precision:  # what the layers left in float run in: OpenVINO's own choice is bf16 on CPUs with AMX
+            settings["INFERENCE_PRECISION_HINT"] = precision
         compiled = openvino.Core().compile_model(str(path), "CPU", settings)
         self.request = compiled.create_infer_request()  # one per worker: a worker runs one batch at a time
 

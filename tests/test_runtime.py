@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers.network import load_model
+from handlers.network import build_model, load_model
 from handlers.presets import ClassificationPresetEval, PresetConfig
-from handlers.runtime import ENGINES, TorchRunner
+from handlers.runtime import ENGINES, OnnxRunner, OpenVinoRunner, TorchRunner
+from tests.conftest import LEARNED, TINY_TRAINING
 from tests.images import SHAPES, encode, product_image
-from training import archive, export
+from training import archive, export, train
 from training.evaluate import split_items
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,11 +45,18 @@ def generated_photos() -> list[bytes]:
     return [encode(product_image(name, seed, size=(300, 400))) for name in SHAPES for seed in range(200, 220)]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+# OpenVINO runs float layers in bf16 on CPUs with AMX unless told otherwise: fp32 must be asked for.
+FP32_ENGINES = {
+    "onnxruntime": lambda path: OnnxRunner(path, 1),
+    "openvino": lambda path: OpenVinoRunner(path, 1, "f32"),
+}
+
+
+@pytest.mark.parametrize("engine", FP32_ENGINES)
 def test_onnx_fp32_equals_pytorch(exported, engine):
     batch = photos_batch(exported, generated_photos())
     expected = TorchRunner(load_model(exported))(batch)
-    runner = ENGINES[engine](exported / export.ONNX_FILE, 1)
+    runner = FP32_ENGINES[engine](exported / export.ONNX_FILE)
     for size in (1, 7, len(batch)):  # the batch axis is dynamic
         got = runner(batch[:size])
         assert (got - expected[:size]).abs().max() < 1e-4
@@ -183,3 +191,41 @@ def test_an_archive_without_the_export_ships_no_runtime_entry(exported, tmp_path
     assert "runtime" in json.loads((exported / "model.json").read_text())
     answer, logs = run_handler(mar, tmp_path / "unpacked")
     assert answer["runtime"] == "pytorch fp32" and "instead of" not in logs
+
+
+def test_the_stem_without_max_pool_keeps_resnet18s_weights_and_a_four_times_larger_map():
+    plain, small_input = build_model("resnet18", 3), build_model("resnet18-no-maxpool", 3)
+    assert plain.state_dict().keys() == small_input.state_dict().keys()  # a weights file fits either
+    batch = torch.zeros(1, 3, 80, 60)
+    last_stage = {}
+    for name, model in (("plain", plain), ("small_input", small_input)):
+        model.layer4.register_forward_hook(lambda _, __, out, name=name: last_stage.update({name: out.shape[-2:]}))
+        model.eval()(batch)
+    assert last_stage == {"plain": (3, 2), "small_input": (5, 4)}
+
+
+def test_a_model_trained_in_bf16_without_the_stems_max_pool_is_served_in_int8(prepared, tmp_path):
+    """--arch travels in model.json: export, archive and the handler build the network training built, and
+    a model trained under bf16 autocast is plain fp32 weights for all of them."""
+    model_dir = tmp_path / "model"
+    arguments = ["--prepared", str(prepared), "--out", str(model_dir), "--arch", "resnet18-no-maxpool", "--bf16"]
+    metrics = train.main([*arguments, *TINY_TRAINING])
+    assert metrics["accuracy"] >= LEARNED
+    assert all(
+        weights.dtype == torch.float32
+        for weights in torch.load(model_dir / "model.pt").values()
+        if weights.is_floating_point()
+    )
+    mar = archive.archive(
+        model_dir,
+        tmp_path / "store",
+        "refund-classifier",
+        archive.HANDLERS / "model-config.yaml",
+        tmp_path / "b",
+        prepared,
+    )
+    answer, _ = run_handler(mar, tmp_path / "unpacked")
+    assert answer["runtime"] == f"{export.ENGINE} int8"
+    expected = ENGINES[export.ENGINE](model_dir / export.INT8_FILE, 1)(torch.load(tmp_path / "unpacked" / "batch.pt"))
+    assert (torch.tensor(answer["logits"]) - expected).abs().max() < 1e-4
+    assert isinstance(load_model(tmp_path / "unpacked").maxpool, torch.nn.Identity)
