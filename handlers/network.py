@@ -11,8 +11,8 @@ from torchvision import models
 
 from common.classes import load_classes
 
-# "-no-maxpool": the stem without its max-pool, for small inputs: at 60x80 the standard stem leaves a 2x3 map at
-# the last stage, this one 4x5 (4x the compute at every stage, the same weights and state-dict keys).
+# "-no-maxpool": the stem without its max-pool, for small inputs: at 60x80 the standard stem leaves a 3x2 map
+# (height x width) at the last stage, this one 5x4 (4x the compute at every stage, the same state-dict keys).
 NO_MAXPOOL = "-no-maxpool"
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet18" + NO_MAXPOOL)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from batch_job.night.drift import drift_report
+from torch.utils.data import DataLoader, TensorDataset
 
 from common.styles import read_styles
 from tests.conftest import LEARNED, TINY_EPOCHS
@@ -185,6 +186,27 @@ def test_killed_training_resumes_from_its_checkpoint(prepared, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
     assert [entry["epoch"] for entry in json.loads((tmp_path / "history.json").read_text())] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_bf16_runs_the_network_in_bf16_and_keeps_the_weights_fp32(bf16):
+    """--bf16: the forward pass under autocast (the head answers in bf16), the weights the optimizer updates
+    and saves stay fp32."""
+    torch.manual_seed(0)
+    model = train.create_model("resnet18", 3, None)
+    answered = []
+    model.fc.register_forward_hook(lambda _, __, out: answered.append(out.dtype))
+    before = model.conv1.weight.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    batches = DataLoader(TensorDataset(torch.randn(8, 3, 80, 60), torch.arange(8) % 3), batch_size=4)
+    loss = train.train_one_epoch(
+        model, torch.nn.CrossEntropyLoss(), optimizer, scheduler, batches, "epoch 1/1", 0, bf16=bf16
+    )
+    assert answered == [torch.bfloat16 if bf16 else torch.float32] * 2
+    assert np.isfinite(loss)
+    assert all(weights.dtype == torch.float32 for weights in model.state_dict().values() if weights.is_floating_point())
+    assert not torch.equal(model.conv1.weight, before)
 
 
 def test_progress_reaches_a_log_file_while_the_epoch_runs(prepared, tmp_path):
