@@ -242,8 +242,8 @@ def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     parser.add_argument(
         "--train-args",
         default=os.environ.get("REFUND_TRAIN_ARGS", ""),
-        help="refund-train train flags, e.g. the quick recipe --train-args='--epochs 1 --max-per-class 20' (env "
-        "REFUND_TRAIN_ARGS, default: none, the production recipe)",
+        help="refund-train train flags, e.g. the production recipe --train-args='--epochs 18 --patience 5' or a quick "
+        "one '--epochs 1 --max-per-class 20' (env REFUND_TRAIN_ARGS, default: none, train's defaults)",
     )
     parser.add_argument("--metric", choices=registry.GATE_METRICS, default="macro_f1", help="(default: macro_f1)")
     parser.add_argument("--min-gain", type=float, default=0.0, help="required improvement (default: any)")
