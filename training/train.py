@@ -17,7 +17,7 @@ import argparse
 import json
 import random
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,6 +214,11 @@ def create_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
 
 
+def autocast(bf16: bool) -> AbstractContextManager:
+    """The forward pass's precision: bf16 autocast on the CPU, or fp32 as the weights are."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     criterion: torch.nn.Module,
@@ -231,7 +236,7 @@ def train_one_epoch(
     progress = BatchProgress(len(loader), description, log_every)
     for images, targets in loader:
         images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+        with autocast(bf16):
             loss = criterion(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,6 +25,7 @@ from handlers.network import load_model
 from handlers.presets import ClassificationPresetEval, PresetConfig
 from handlers.runtime import OnnxRunner, OpenVinoRunner, Runner, TorchRunner
 from training.export import INT8_FILE, ONNX_FILE
+from training.train import autocast
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = "pytorch fp32"
@@ -37,7 +38,7 @@ class Bf16Autocast:
         self.torch = TorchRunner(model)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(bf16=True):
             return self.torch(images).float()
 
 

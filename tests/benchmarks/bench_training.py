@@ -16,12 +16,12 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 
 from handlers.network import build_model
 from handlers.presets import PresetConfig
+from training.train import autocast
 
 BASELINE = "resnet18 channels-last fp32"
 
@@ -41,10 +41,6 @@ VARIANTS: dict[str, tuple[str, Callable[[torch.nn.Module], torch.nn.Module], tor
     "resnet34 channels-last fp32": ("resnet34", unchanged, torch.channels_last, False),
     "resnet34 channels-last bf16": ("resnet34", unchanged, torch.channels_last, True),
 }
-
-
-def autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def training_rate(model: torch.nn.Module, batch: torch.Tensor, steps: int, bf16: bool) -> float:
