@@ -91,8 +91,8 @@ def test_the_gate_refuses_a_worse_model_promotes_a_better_one_and_rolls_back(
     assert [line.endswith("<- production") for line in listing] == [False, True]  # worse is older
 
 
-def test_publish_refuses_an_incomplete_model_and_a_second_upload_of_a_version(
-    location, trained_model, model_store, tmp_path, capsys
+def test_publish_refuses_an_incomplete_model_a_mar_of_another_version_and_a_second_upload_of_a_version(
+    location, trained_model, model_store, worse_model, tmp_path, capsys
 ):
     incomplete = tmp_path / "incomplete"
     shutil.copytree(trained_model, incomplete)
@@ -103,6 +103,9 @@ def test_publish_refuses_an_incomplete_model_and_a_second_upload_of_a_version(
     assert "missing" in error and "model.pt" in error
     assert cli(location, "promote", "--prepared", "var/data") == 2
     assert "holds no model" in capsys.readouterr().err
+    _, other_mar = worse_model
+    assert cli(location, "publish", "--model", str(trained_model), "--mar", str(other_mar)) == 2
+    assert f"holds version {version_of(worse_model[0])}, " in capsys.readouterr().err
 
     assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 0
     assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 2

@@ -91,14 +91,13 @@ def test_reviewed_returns_flow_into_training_the_model_card_and_the_gate(kaggle_
     assert score_returns(candidate, extended)["accuracy"] == 0.0
     assert recorded["accuracy"] > 0.0  # the premise: production gets some reviewed returns right
 
-    store = tmp_path / "mar"
-    mar = archive.archive(
-        production, store, "refund-classifier", archive.HANDLERS / "model-config.yaml", tmp_path / "b"
-    )
+    config = archive.HANDLERS / "model-config.yaml"
+    mar = archive.archive(production, tmp_path / "mar", "refund-classifier", config, tmp_path / "b")
+    candidate_mar = archive.archive(candidate, tmp_path / "mar-candidate", "refund-classifier", config, tmp_path / "c")
     models = registry.Registry(open_store(str(tmp_path / "registry")))
     first = registry.promote(models, registry.publish(models, production, mar), extended)
     assert first.promoted and first.candidate_scores["returns_images"] == in_test
-    refused = registry.promote(models, registry.publish(models, candidate, mar), extended, min_gain=-1.0)
+    refused = registry.promote(models, registry.publish(models, candidate, candidate_mar), extended, min_gain=-1.0)
     assert not refused.promoted
     assert f"worse on {in_test} reviewed returns" in refused.reason and "accuracy 0.0000" in refused.reason
     assert models.state()["version"] == first.candidate

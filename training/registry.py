@@ -42,7 +42,7 @@ from common.registry import (
     RegistryError,
 )
 from training import evaluate
-from training.kserve_config import kserve_config
+from training.kserve_config import kserve_config, mar_model
 from training.returns import score_returns
 
 GATE_METRICS = ("macro_f1", "accuracy")
@@ -55,6 +55,12 @@ def publish(registry: Registry, model_dir: Path, mar: Path) -> str:
     if missing:
         raise RegistryError(f"cannot publish {model_dir}: missing {', '.join(missing)}")
     version = json.loads((model_dir / "model.json").read_text())["version"]
+    archived = mar_model(mar)[0].get("modelVersion")
+    if archived != version:
+        # The .mar is what the pods serve: under another version's name it would serve other weights.
+        raise RegistryError(
+            f"{mar} holds version {archived}, {model_dir} is {version}: archive it first (refund-train archive)"
+        )
     if registry.is_published(version):
         raise RegistryError(f"version {version} is already published; versions are immutable")
     config = kserve_config(mar, MAR_NAME).encode()
