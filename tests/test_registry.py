@@ -103,9 +103,9 @@ def test_publish_refuses_an_incomplete_model_a_mar_of_another_version_and_a_seco
     assert "missing" in error and "model.pt" in error
     assert cli(location, "promote", "--prepared", "var/data") == 2
     assert "holds no model" in capsys.readouterr().err
-    _, other_mar = worse_model
+    other_model, other_mar = worse_model
     assert cli(location, "publish", "--model", str(trained_model), "--mar", str(other_mar)) == 2
-    assert f"holds version {version_of(worse_model[0])}, " in capsys.readouterr().err
+    assert f"holds version {version_of(other_model)}, " in capsys.readouterr().err
 
     assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 0
     assert cli(location, "publish", "--model", str(trained_model), "--mar", str(mar)) == 2
