@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 from handlers import serve
@@ -15,5 +16,11 @@ def free_port() -> int:
 
 
 def free_ports() -> serve.Ports:
-    """Five free ports for one TorchServe: inference, management, metrics and the two gRPC ones."""
-    return serve.Ports(*(free_port() for _ in range(5)))
+    """Five distinct free ports for one TorchServe: inference, management, metrics and the two gRPC ones. All five
+    stay bound until each is picked: one at a time, the kernel can hand out a port twice, and TorchServe then fails
+    to start (one in about 1,700 calls)."""
+    with contextlib.ExitStack() as bound:
+        sockets = [bound.enter_context(socket.socket()) for _ in range(5)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return serve.Ports(*(sock.getsockname()[1] for sock in sockets))

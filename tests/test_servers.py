@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from obstore.exceptions import BaseError
 from obstore.store import from_url
 
+from tests.ports import free_ports
 from tests.servers import S3Server, postgres_server, s3_server  # the fixtures come from conftest's pytest_plugins
 
 
@@ -113,3 +114,10 @@ def test_s3_takes_a_write_in_more_fresh_buckets_than_a_test_run_makes() -> None:
         for index in range(150):
             bucket = server.create_bucket(f"many-{index:03d}")
             obstore.put(bucket.store(retry_config={"max_retries": 0}), "photo.jpg", b"\xff\xd8" + b"0" * 1000)
+
+
+def test_the_five_ports_for_one_torchserve_are_distinct() -> None:
+    """Picked one at a time, the kernel handed out one port twice in about 1,700 calls, and TorchServe's
+    frontend could not bind its management API (CI, 7 December 2026)."""
+    repeats = [ports for ports in (dataclasses.astuple(free_ports()) for _ in range(20_000)) if len(set(ports)) < 5]
+    assert repeats == []
