@@ -193,15 +193,17 @@ def test_an_archive_without_the_export_ships_no_runtime_entry(exported, tmp_path
     assert answer["runtime"] == "pytorch fp32" and "instead of" not in logs
 
 
-def test_the_stem_without_max_pool_keeps_resnet18s_weights_and_a_four_times_larger_map():
-    plain, small_input = build_model("resnet18", 3), build_model("resnet18-no-maxpool", 3)
-    assert plain.state_dict().keys() == small_input.state_dict().keys()  # a weights file fits either
+def test_the_small_input_stems_give_the_last_stage_a_four_times_larger_map():
+    plain = build_model("resnet18", 3)
+    no_maxpool, small_stem = build_model("resnet18-no-maxpool", 3), build_model("resnet18-3x3-stem", 3)
+    assert plain.state_dict().keys() == no_maxpool.state_dict().keys()  # a weights file fits either
+    assert small_stem.conv1.kernel_size == (3, 3) and small_stem.conv1.stride == (1, 1)
     batch = torch.zeros(1, 3, 80, 60)
     last_stage = {}
-    for name, model in (("plain", plain), ("small_input", small_input)):
+    for name, model in (("plain", plain), ("no_maxpool", no_maxpool), ("small_stem", small_stem)):
         model.layer4.register_forward_hook(lambda _, __, out, name=name: last_stage.update({name: out.shape[-2:]}))
         model.eval()(batch)
-    assert last_stage == {"plain": (3, 2), "small_input": (5, 4)}
+    assert last_stage == {"plain": (3, 2), "no_maxpool": (5, 4), "small_stem": (5, 4)}
 
 
 def test_a_model_without_the_stems_max_pool_is_exported_and_served_in_int8(prepared, tmp_path):

@@ -4,8 +4,9 @@ Times forward + backward + AdamW step of the training network on random batches 
 size, and the forward pass alone in inference mode (what serving pays per image), for each variant:
 the memory format, bf16 autocast on the CPU, `torch.compile` (inductor's C++ kernels: compiled once, the
 first steps not timed), the ResNet stem without its max-pool (4x the feature map at every later stage, for
-small inputs) and resnet34, the last two also with bf16 autocast. Rounds alternate the variants so that a drift of
-the machine hits all alike; prints images/s and the ratio to today's recipe (resnet18, channels-last, fp32).
+small inputs) and resnet34, the last two also with bf16 autocast, and the 3x3 stride-1 stem with bf16.
+Rounds alternate the variants so that a drift of the machine hits all alike; prints images/s and the ratio
+to today's recipe (resnet18, channels-last, fp32).
 
     python -m tests.benchmarks.bench_training [--batch-size 64] [--steps 10] [--rounds 3]
 """
@@ -38,6 +39,7 @@ VARIANTS: dict[str, tuple[str, Callable[[torch.nn.Module], torch.nn.Module], tor
     "resnet18 channels-last torch.compile": ("resnet18", torch.compile, torch.channels_last, False),
     "resnet18 without max-pool": ("resnet18-no-maxpool", unchanged, torch.channels_last, False),
     "resnet18 without max-pool bf16": ("resnet18-no-maxpool", unchanged, torch.channels_last, True),
+    "resnet18 3x3 stem bf16": ("resnet18-3x3-stem", unchanged, torch.channels_last, True),
     "resnet34 channels-last fp32": ("resnet34", unchanged, torch.channels_last, False),
     "resnet34 channels-last bf16": ("resnet34", unchanged, torch.channels_last, True),
 }
