@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.objectstore import StoredObject
-from tests.ports import free_port
+from tests.ports import distinct_free_ports
 from tests.review_support import users_file
 from tests.test_batch_job import put_photos
 
@@ -42,7 +42,7 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", 
 def review_process(settings: Settings, folder: Path) -> Iterator[tuple[str, str]]:
     """`refund-batch review` in its own process, configured as the chart does (REFUND_* env, the metrics port
     included); yields the page's and the metrics port's URLs."""
-    page, metrics = free_port(), free_port()
+    page, metrics = distinct_free_ports(2)
     env = {
         **os.environ,
         **{f"REFUND_{key.upper()}": str(value) for key, value in vars(settings).items()},

@@ -52,7 +52,7 @@ from common.objectstore import list_objects, open_store, put_object, read_object
 from common.registry import Registry
 from common.sorting import SortingRule
 from tests.images import encode, product_image
-from tests.ports import free_port
+from tests.ports import distinct_free_ports
 from tests.review_support import (
     CLASSES,
     PASSWORDS,
@@ -498,7 +498,7 @@ def test_refund_batch_review_serves_the_page_on_loopback_with_the_nights_setting
     [item] = seed_night(settings, utc(2026, 12, 1), [Doubtful("a.jpg", guesses(0))])
     [night] = decisions.nights(Ledger(settings.database_url).engine)
     put_object(open_store(settings.store), f"nightly/{night.run_id}/report.html", b"<p>the night</p>")
-    port = free_port()
+    port, metrics_port = distinct_free_ports(2)
     env = {
         **os.environ,
         "REFUND_STORE": settings.store,
@@ -507,7 +507,7 @@ def test_refund_batch_review_serves_the_page_on_loopback_with_the_nights_setting
         "REFUND_MAX_IMAGE_BYTES": "1000",
         "REFUND_REVIEW_USERS_FILE": str(users_file(tmp_path)),
         "REFUND_REVIEW_PORT": str(port),
-        "REFUND_REVIEW_METRICS_PORT": str(free_port()),  # not the default 8091, which may be taken
+        "REFUND_REVIEW_METRICS_PORT": str(metrics_port),  # not the default 8091, which may be taken
     }
     process = subprocess.Popen([sys.executable, "-m", "batch_job", "review"], env=env, cwd=tmp_path)
     try:

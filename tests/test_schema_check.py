@@ -14,7 +14,7 @@ from alembic import command
 from batch_job.ledger import migrate
 from sqlalchemy import create_engine
 
-from tests.ports import free_port
+from tests.ports import distinct_free_ports
 from tests.review_support import users_file
 from tests.test_migrations import head, revision_of
 
@@ -32,15 +32,16 @@ def at_revision(database_url: str, revision: str) -> None:
 def refund_batch(tmp_path: Path, database_url: str, *arguments: str) -> subprocess.CompletedProcess:
     """The CLI as the chart runs it: settings from REFUND_* variables; TorchServe listens nowhere, so a `run`
     that gets past the results store exits 2 (TorchServe unreachable)."""
+    torchserve, review, review_metrics = distinct_free_ports(3)
     env = {
         **os.environ,
         "REFUND_DATABASE_URL": database_url,
         "REFUND_STORE": str(tmp_path / "store"),
-        "REFUND_TORCHSERVE_URL": f"http://127.0.0.1:{free_port()}",
+        "REFUND_TORCHSERVE_URL": f"http://127.0.0.1:{torchserve}",
         "REFUND_RETRIES": "0",
         "REFUND_REVIEW_USERS_FILE": str(users_file(tmp_path)),
-        "REFUND_REVIEW_PORT": str(free_port()),
-        "REFUND_REVIEW_METRICS_PORT": str(free_port()),
+        "REFUND_REVIEW_PORT": str(review),
+        "REFUND_REVIEW_METRICS_PORT": str(review_metrics),
     }
     return subprocess.run(
         [sys.executable, "-m", "batch_job", *arguments],
