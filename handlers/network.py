@@ -25,9 +25,7 @@ def build_model(arch: str, num_classes: int) -> torch.nn.Module:
     """A torchvision ResNet with a fresh head; weights come from training, never a download."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
-    model = getattr(models, arch.removesuffix(NO_MAXPOOL).removesuffix(SMALL_STEM))(
-        weights=None, num_classes=num_classes
-    )
+    model = getattr(models, arch.split("-", 1)[0])(weights=None, num_classes=num_classes)
     if arch.endswith(NO_MAXPOOL):
         model.maxpool = torch.nn.Identity()
     if arch.endswith(SMALL_STEM):
