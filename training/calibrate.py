@@ -183,8 +183,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-support",
         type=int,
-        default=100,
-        help="calibration photos a class (or group) must be predicted for to get its own threshold (default: 100)",
+        default=400,
+        help="calibration photos a class (or group) must be predicted for to get its own threshold (default: 400)",
     )
 
 
