@@ -112,6 +112,12 @@ def request_images(row: dict) -> tuple[list[bytes | InvalidImageError], bool]:
     )
 
 
+def asks_description(headers: dict[str, str]) -> bool:
+    """The `describe: True` header, whatever the case of its name: HTTP header names are case-insensitive, the
+    frontend passes them on as sent, and the kubelet's probe sends `Describe`."""
+    return any(name.lower() == "describe" and value == "True" for name, value in headers.items())
+
+
 def error_body(error: InvalidImageError) -> dict:
     return {"error": str(error), "code": error.status}
 
@@ -151,7 +157,7 @@ class RefundClassifier(BaseHandler):
         for index, row in enumerate(data):
             # TorchServe's own describe check reads only the batch's first request; batched
             # requests must each be answered for what they asked.
-            if self.context.get_request_header(index, "describe") == "True":
+            if asks_description(self.context.get_all_request_header(index)):
                 requests.append(None)
                 continue
             try:

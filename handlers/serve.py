@@ -112,6 +112,18 @@ def wait_ready(ports: Ports, model: str = MODEL_NAME, timeout: float = 180.0) ->
 def start(
     model_store: Path, run_dir: Path, ports: Ports | None = None, model: str = MODEL_NAME, timeout: float = 180.0
 ) -> Ports:
+    """TorchServe started, and waited for until every worker of the model is READY."""
+    ports = launch(model_store, run_dir, ports, model)
+    try:
+        wait_ready(ports, model, timeout)
+    except TimeoutError:
+        stop(run_dir)
+        raise
+    return ports
+
+
+def launch(model_store: Path, run_dir: Path, ports: Ports | None = None, model: str = MODEL_NAME) -> Ports:
+    """TorchServe started in the background; its workers load the model after this returns."""
     ports = ports or Ports()
     run_dir = run_dir.resolve()
     env = torchserve_env(run_dir)
@@ -131,11 +143,6 @@ def start(
     # TorchServe detaches; its output goes to a file so no pipe keeps the caller waiting.
     with (run_dir / "logs" / "torchserve.out").open("ab") as out:
         subprocess.run(command, env=env, cwd=run_dir, stdout=out, stderr=subprocess.STDOUT, check=True)
-    try:
-        wait_ready(ports, model, timeout)
-    except TimeoutError:
-        stop(run_dir)
-        raise
     return ports
 
 

@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -14,13 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+import yaml
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers.presets import ClassificationPresetEval, PresetConfig
 from handlers.runtime import load_runner
-from handlers.serve import worker_pids
+from handlers.serve import launch, stop, worker_pids
 from tests.images import SHAPES, encode, product_image
+from tests.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -220,3 +223,45 @@ def test_images_are_counted_per_category_without_a_log_line_each(torchserve, tor
     assert predictions_per_category(torchserve) - counted_before == answered
     images = requests * len(photos)
     assert len(log.read_text().splitlines()) - lines_before < images / 2
+
+
+@pytest.mark.parametrize("name", ["describe", "Describe", "DESCRIBE"])
+def test_the_describe_header_is_read_whatever_the_case_of_its_name(torchserve, classes, name):
+    answer = httpx.get(f"{torchserve.inference_url}/predictions/refund-classifier", headers={name: "True"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["classes"] == classes
+
+
+def startup_probe() -> dict:
+    """The TorchServe container's startup probe as the manifests ship it (the k8s check keeps the chart's equal)."""
+    deployment = yaml.safe_load((Path(__file__).resolve().parents[1] / "k8s" / "base" / "deployment.yaml").read_text())
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"]
+    return container["startupProbe"]["httpGet"]
+
+
+def probe_passes(ports, path: str, headers: dict[str, str]) -> bool:
+    """As the kubelet sends it (header names in Go's canonical case: `describe` goes out as `Describe`) and counts
+    it: a status from 200 to 399 within the timeout (1 s here, to look often)."""
+    canonical = {"-".join(part.capitalize() for part in name.split("-")): value for name, value in headers.items()}
+    try:
+        return 200 <= httpx.get(f"{ports.inference_url}{path}", headers=canonical, timeout=1).status_code < 400
+    except httpx.TransportError:
+        return False
+
+
+def test_the_startup_probe_passes_only_once_a_worker_has_loaded_the_model(model_store, tmp_path):
+    """A pod is Ready, and gets the Service's requests, once its startup probe passes. TorchServe's /ping answers
+    200 as soon as the worker processes run, seconds before they have loaded the model: in a rollout a request
+    sent to such a pod got no answer within the client's 30 s."""
+    probe = startup_probe()
+    headers = {header["name"]: header["value"] for header in probe.get("httpHeaders", [])}
+    run_dir = tmp_path / "torchserve"
+    ports = launch(model_store, run_dir, free_ports())
+    try:
+        deadline = time.monotonic() + 180
+        while not probe_passes(ports, probe["path"], headers):
+            assert time.monotonic() < deadline, "the startup probe never passed"
+            time.sleep(0.05)
+        assert worker_pids(ports), "the probe passed while no worker had loaded the model"
+    finally:
+        stop(run_dir)

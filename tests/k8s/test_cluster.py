@@ -354,7 +354,8 @@ def fetched_version(pod: dict) -> str:
 
 def inference_requests(pod: dict) -> float:
     """The model's inference requests this TorchServe pod has counted (its Prometheus endpoint, on the pod's
-    address; probes call /ping, which no model counts)."""
+    address; readiness and liveness call /ping, which no model counts, and the startup probe's describes end
+    before the pod is Ready)."""
     text = httpx.get(f"http://{pod['status']['podIP']}:8082/metrics", timeout=10).text
     return sum(
         sample.value
