@@ -27,7 +27,7 @@ from prometheus_client import start_http_server
 
 from common.objectstore import list_objects, open_store
 from tests.images import SHAPES, encode, product_image
-from tests.ports import free_port
+from tests.ports import distinct_free_ports
 
 CLASSES = [*SHAPES, "Cones", "Rings"]
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
@@ -121,9 +121,10 @@ class RunningApp:
 def review_app(settings: Settings, review: ReviewSettings) -> Iterator[RunningApp]:
     """The review app served by uvicorn on 127.0.0.1 in a thread of this process, and its metrics on a port of
     their own as `refund-batch review` serves them; both stopped afterwards."""
-    review = ReviewSettings(**{**vars(review), "host": "127.0.0.1", "port": free_port()})
+    port, metrics_port = distinct_free_ports(2)
+    review = ReviewSettings(**{**vars(review), "host": "127.0.0.1", "port": port})
     app = build(settings, review)
-    metrics, _ = start_http_server(free_port(), review.host, registry=app.state.metrics)
+    metrics, _ = start_http_server(metrics_port, review.host, registry=app.state.metrics)
     server = uvicorn.Server(uvicorn.Config(app, **server_options(review)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

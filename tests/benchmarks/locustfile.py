@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from handlers import serve
     from handlers.serve import worker_pids
-    from tests.ports import free_port, free_ports
+    from tests.ports import distinct_free_ports, free_ports
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=32)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         ports, run_dir = free_ports(), args.out / "torchserve"
     else:
         inference, management, metrics = (int(port) for port in args.ports.split(","))
-        grpc = (7070, 7071) if (inference, management, metrics) == (8080, 8081, 8082) else (free_port(), free_port())
+        grpc = (7070, 7071) if (inference, management, metrics) == (8080, 8081, 8082) else tuple(distinct_free_ports(2))
         ports, run_dir = serve.Ports(inference, management, metrics, *grpc), args.run_dir
     started = False
     try:
