@@ -158,7 +158,8 @@ def test_model_card_names_data_metrics_and_confusions(trained_model):
         assert words in card, words
 
 
-def test_killed_training_resumes_from_its_checkpoint(prepared, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_killed_training_resumes_from_its_checkpoint(prepared, tmp_path, optimizer):
     command = [
         sys.executable,
         "-m",
@@ -173,6 +174,8 @@ def test_killed_training_resumes_from_its_checkpoint(prepared, tmp_path):
         "0",
         "--epochs",
         "8",
+        "--opt",
+        optimizer,
     ]
     victim = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "checkpoint.pt"
