@@ -232,6 +232,9 @@ def test_the_describe_header_is_read_whatever_the_case_of_its_name(torchserve, c
     assert answer.json()["classes"] == classes
 
 
+HELM_SMOKE_TEST = Path(__file__).resolve().parents[1] / "helm" / "refund-sorter" / "files" / "smoke.py"
+
+
 def startup_probe() -> dict:
     """The TorchServe container's startup probe as the manifests ship it (the k8s check keeps the chart's equal)."""
     deployment = yaml.safe_load((Path(__file__).resolve().parents[1] / "k8s" / "base" / "deployment.yaml").read_text())
@@ -263,5 +266,21 @@ def test_the_startup_probe_passes_only_once_a_worker_has_loaded_the_model(model_
             assert time.monotonic() < deadline, "the startup probe never passed"
             time.sleep(0.05)
         assert worker_pids(ports), "the probe passed while no worker had loaded the model"
+    finally:
+        stop(run_dir)
+
+
+def test_the_helm_test_passes_only_once_a_worker_answers_a_photo(model_store, tmp_path):
+    """`helm test` runs the chart's files/smoke.py in the release (the k8s check keeps the template embedding it):
+    a GET of /ping passed while no worker had loaded the model; a photo must come back classified."""
+    run_dir = tmp_path / "torchserve"
+    ports = launch(model_store, run_dir, free_ports())
+    command = [sys.executable, str(HELM_SMOKE_TEST), f"{ports.inference_url}/predictions/refund-classifier", "predict"]
+    try:
+        deadline = time.monotonic() + 180
+        while (smoke := subprocess.run(command, capture_output=True, text=True, timeout=60)).returncode:
+            assert time.monotonic() < deadline, f"the helm test never passed: {smoke.stdout}{smoke.stderr}"
+        assert worker_pids(ports), "the helm test passed while no worker had loaded the model"
+        assert '"category"' in smoke.stdout
     finally:
         stop(run_dir)

@@ -391,7 +391,7 @@ def test_install_passes_probes_with_the_hardened_security_context(namespace, rel
         assert pod["spec"]["securityContext"]["runAsUser"] == 10001
         assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(pod["spec"]["containers"][0])
         assert pod["spec"]["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"]
-    # The test pod exits 0 only on /ping's 200; it is deleted once it succeeded (hook-delete-policy).
+    # The test pod exits 0 only when a photo comes back classified; it is deleted once it succeeded.
     out = helm("test", RELEASE, "-n", namespace, timeout=300)
     assert re.search(r"Phase:\s+Succeeded", out), out
 

@@ -422,3 +422,16 @@ def test_the_schema_is_migrated_by_a_hook_before_install_and_upgrade(check):
     ]["spec"]["containers"]
     assert container["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "refund-sorter-database", "key": "owner-url"}
     assert "Job/r-refund-sorter-migrate" not in rendered(check, "batch.enabled=false")
+
+
+def test_the_helm_test_pod_runs_the_smoke_test_on_a_photo(check):
+    """tests/test_serving.py runs files/smoke.py against a real TorchServe; the pod must run that very file."""
+    smoke = (check.CHART / "files" / "smoke.py").read_text()
+    (container,) = rendered(check)["Pod/r-refund-sorter-test-predict"]["spec"]["containers"]
+    assert container["command"] == ["python", "-c"]
+    url = "http://r-refund-sorter-torchserve:8080/predictions/refund-classifier"
+    assert container["args"] == [smoke, url, "predict"]
+    kserve = rendered(check, "-f", str(check.CHART / "ci" / "kserve-values.yaml"))
+    (container,) = kserve["Pod/r-refund-sorter-test-predict"]["spec"]["containers"]
+    url = "http://r-refund-sorter-predictor.default.svc/v1/models/refund-classifier"
+    assert container["args"][1:] == [url, "ready"]
