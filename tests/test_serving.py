@@ -27,6 +27,8 @@ from tests.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def predict(ports, data: bytes, content_type: str = "application/octet-stream") -> httpx.Response:
     return httpx.post(
@@ -232,12 +234,9 @@ def test_the_describe_header_is_read_whatever_the_case_of_its_name(torchserve, c
     assert answer.json()["classes"] == classes
 
 
-HELM_SMOKE_TEST = Path(__file__).resolve().parents[1] / "helm" / "refund-sorter" / "files" / "smoke.py"
-
-
 def startup_probe() -> dict:
     """The TorchServe container's startup probe as the manifests ship it (the k8s check keeps the chart's equal)."""
-    deployment = yaml.safe_load((Path(__file__).resolve().parents[1] / "k8s" / "base" / "deployment.yaml").read_text())
+    deployment = yaml.safe_load((REPO / "k8s" / "base" / "deployment.yaml").read_text())
     (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"]
     return container["startupProbe"]["httpGet"]
 
@@ -272,10 +271,11 @@ def test_the_startup_probe_passes_only_once_a_worker_has_loaded_the_model(model_
 
 def test_the_helm_test_passes_only_once_a_worker_answers_a_photo(model_store, tmp_path):
     """`helm test` runs the chart's files/smoke.py in the release (the k8s check keeps the template embedding it):
-    a GET of /ping passed while no worker had loaded the model; a photo must come back classified."""
+    a GET of /ping passes while no worker has loaded the model; a photo must come back classified."""
     run_dir = tmp_path / "torchserve"
     ports = launch(model_store, run_dir, free_ports())
-    command = [sys.executable, str(HELM_SMOKE_TEST), f"{ports.inference_url}/predictions/refund-classifier", "predict"]
+    smoke_test = REPO / "helm" / "refund-sorter" / "files" / "smoke.py"
+    command = [sys.executable, str(smoke_test), f"{ports.inference_url}/predictions/refund-classifier", "predict"]
     try:
         deadline = time.monotonic() + 180
         while (smoke := subprocess.run(command, capture_output=True, text=True, timeout=60)).returncode:

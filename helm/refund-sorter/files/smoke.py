@@ -1,4 +1,4 @@
-"""`helm test`: one photo through the release's own inference endpoint, the way the nightly job sends it.
+"""`helm test`: one photo through the release's own inference endpoint, as the release notes' `curl` sends it.
 
 Exits 0 only on a prediction: TorchServe's /ping answers 200 while its workers are still loading the model, so a
 ping proves the frontend runs, not that the model answers. In kserve mode the predictor's model readiness
