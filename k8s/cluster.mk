@@ -58,9 +58,15 @@ k8s-e2e: venv k8s-tools  ## build, load and install into KUBECONFIG's cluster; r
 	$(LAB_ENV) PATH="$(CURDIR)/tools/bin:$$PATH" IMAGE_LOAD="$(IMAGE_LOAD)" \
 		$(PY) -m pytest -s tests/k8s -m cluster --durations=0 $(K8S_E2E_ARGS)
 
+# `lab up` on a lab that is up re-checks its routes with `grep -q` under pipefail and dies ("cannot route
+# 10.96.0.0/16 onto labcni0") when the broken pipe fails the check, about one call in fourteen here: so a lab that
+# is up (every component running, safety net OK) is left alone, and any other is taken down first, which also
+# clears what a run cut off before its `lab down` left (the bridge and its routes), so that `lab up` starts clean.
 cluster-up:  ## start the lab cluster with its base image and wheel mirror (elsewhere: check KUBECONFIG is set)
 ifneq ($(wildcard $(LAB)),)
-	$(LAB) up && $(LAB) base-image && $(LAB) pip-mirror
+	@if $(LAB) status | awk '/ stopped$$/ {down = 1} /^safety net: OK/ {net = 1} END {exit down || !net}'; \
+	then echo "lab: already up"; else set -x; $(LAB) down && $(LAB) up; fi
+	$(LAB) base-image && $(LAB) pip-mirror
 else
 	@test -n "$$KUBECONFIG" || { echo "KUBECONFIG is not set: point it at a cluster (kind, k3d, minikube)" >&2; exit 1; }
 endif
