@@ -64,7 +64,7 @@ k8s-e2e: venv k8s-tools  ## build, load and install into KUBECONFIG's cluster; r
 # clears what a run cut off before its `lab down` left (the bridge and its routes), so that `lab up` starts clean.
 cluster-up:  ## start the lab cluster with its base image and wheel mirror (elsewhere: check KUBECONFIG is set)
 ifneq ($(wildcard $(LAB)),)
-	@if $(LAB) status | awk '/ stopped$$/ {down = 1} /^safety net: OK/ {net = 1} END {exit down || !net}'; \
+	@if $(LAB) status 2>/dev/null | awk '/ stopped$$/ {down = 1} /^safety net: OK/ {net = 1} END {exit down || !net}'; \
 	then echo "lab: already up"; else set -x; $(LAB) down && $(LAB) up; fi
 	$(LAB) base-image && $(LAB) pip-mirror
 else
