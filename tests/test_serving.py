@@ -27,7 +27,7 @@ from tests.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def predict(ports, data: bytes, content_type: str = "application/octet-stream") -> httpx.Response:
@@ -236,7 +236,7 @@ def test_the_describe_header_is_read_whatever_the_case_of_its_name(torchserve, c
 
 def startup_probe() -> dict:
     """The TorchServe container's startup probe as the manifests ship it (the k8s check keeps the chart's equal)."""
-    deployment = yaml.safe_load((REPO / "k8s" / "base" / "deployment.yaml").read_text())
+    deployment = yaml.safe_load((ROOT / "k8s" / "base" / "deployment.yaml").read_text())
     (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"]
     return container["startupProbe"]["httpGet"]
 
@@ -274,7 +274,7 @@ def test_the_helm_test_passes_only_once_a_worker_answers_a_photo(model_store, tm
     a GET of /ping passes while no worker has loaded the model; a photo must come back classified."""
     run_dir = tmp_path / "torchserve"
     ports = launch(model_store, run_dir, free_ports())
-    smoke_test = REPO / "helm" / "refund-sorter" / "files" / "smoke.py"
+    smoke_test = ROOT / "helm" / "refund-sorter" / "files" / "smoke.py"
     command = [sys.executable, str(smoke_test), f"{ports.inference_url}/predictions/refund-classifier", "predict"]
     try:
         deadline = time.monotonic() + 180
